@@ -1,0 +1,1 @@
+"""Control plane of the elastic LLM orchestrator: CLI, main job, benchmarks and (later) the autoscaler."""

@@ -1,0 +1,71 @@
+"""The `elo` command line: run the embedded default, build the demo model, benchmark an endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from deployments.config import AppConfig, ConfigError, load_app_config
+
+app = typer.Typer(help="Elastic LLM orchestrator: cloud (vLLM) and edge (CPU) pools behind one OpenAI endpoint.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+model_app = typer.Typer(help="The embedded demo model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+console = Console()
+
+
+def _bench_app() -> typer.Typer:
+    from orchestrator.bench.cli import bench_app
+
+    return bench_app
+
+
+app.add_typer(_bench_app(), name="bench", help="Load generator and benchmarks against any OpenAI-compatible URL.")
+
+
+def _load_config(path: Path | None) -> AppConfig:
+    if path is None:
+        return AppConfig()
+    try:
+        return load_app_config(path)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from e
+
+
+@app.command()
+def run(
+    config: Path | None = typer.Option(None, "--config", "-f", help="App config YAML (model, pools, router)."),
+    host: str = typer.Option("127.0.0.1", help="Address the endpoint listens on."),
+    port: int = typer.Option(8000, help="Port of the endpoint."),
+    cache_dir: Path | None = typer.Option(None, help="Where the demo model is built (default ~/.cache/elo)."),
+    ready_timeout_s: float = typer.Option(600, help="Give up if replicas are not ready by then."),
+) -> None:
+    """Start the embedded default: local Ray, the demo model, one cloud (vLLM) and one edge (CPU) replica."""
+    from orchestrator.run import Endpoint, run_forever
+
+    run_forever(_load_config(config), Endpoint(host, port), cache_dir, ready_timeout_s)
+
+
+@app.command("config")
+def show_config(config: Path | None = typer.Option(None, "--config", "-f")) -> None:
+    """Validate an app config and print it with every default filled in."""
+    import yaml
+
+    console.print(yaml.safe_dump(_load_config(config).model_dump(mode="json"), sort_keys=False))
+
+
+@model_app.command("build")
+def model_build(
+    cache_dir: Path | None = typer.Option(None, help="Cache folder (default ~/.cache/elo)."),
+) -> None:
+    """Build (or reuse) the demo model and print its path."""
+    from orchestrator.run import build_model_with_progress
+
+    console.print(str(build_model_with_progress(cache_dir)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,132 @@
+"""The main job on one machine: a local Ray cluster, the demo model, and the Serve app on it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from deployments.config import AppConfig
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def build_model_with_progress(cache_dir: Path | None = None) -> Path:
+    """Build (or reuse) the demo model, drawing a progress bar while it trains."""
+    from orchestrator.demo_model import build_demo_model, demo_model_path, is_complete_build
+
+    target = demo_model_path(cache_dir)
+    if is_complete_build(target):
+        return target
+    console.print(f"[bold]Building the demo model[/] into {target} (once; about a minute on 2 cores)")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=max(total, 1))
+            bar.update(tasks[stage], completed=done, total=max(total, 1))
+
+        return build_demo_model(cache_dir, progress=progress)
+
+
+def wait_until_ready(endpoint: Endpoint, pools: list[str], timeout_s: float) -> dict[str, dict[str, int]]:
+    """Poll the router until every pool has a ready replica."""
+    deadline = time.monotonic() + timeout_s
+    state: dict[str, dict[str, int]] = {}
+    with console.status("Waiting for replicas to load the model (vLLM takes ~30 s on CPU)...") as status:
+        while time.monotonic() < deadline:
+            try:
+                state = httpx.get(f"{endpoint.base_url}/elo/pools", timeout=5).json()
+                ready = {p: state.get(p, {}).get("ready_replicas", 0) for p in pools}
+                status.update("Waiting for replicas: " + ", ".join(f"{p} {n} ready" for p, n in ready.items()))
+                if all(n > 0 for n in ready.values()):
+                    return state
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+    raise TimeoutError(f"replicas not ready after {timeout_s:.0f} s: {state}")
+
+
+def start(config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None) -> None:
+    """Start Ray and Serve and deploy the app; returns once it is deployed (not necessarily ready)."""
+    import ray
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app, resolve_model
+
+    if config.model.source == "demo":
+        build_model_with_progress(cache_dir)  # resolve_model below then finds the finished build
+    model = resolve_model(config.model, cache_dir)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with console.status("Starting a local Ray cluster and Ray Serve..."):
+        ray.init(include_dashboard=True, logging_level="WARNING", log_to_driver=False)
+        serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
+        serve.run(build_app(config, model), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    with console.status("Shutting down Serve and Ray..."):
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def print_welcome(config: AppConfig, endpoint: Endpoint) -> None:
+    url = endpoint.base_url
+    name = config.model.served_name
+    console.print(Panel.fit(
+        f"[bold green]Serving[/] [bold]{name}[/] at [bold]{url}/v1[/]\n"
+        f"pools: " + ", ".join(f"{p} ({c.engine}, {c.replicas} replica)" for p, c in config.pools.items()) + "\n\n"
+        "[bold]curl[/]\n"
+        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"  -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What are you?\"}}], \"max_tokens\": 48, \"temperature\": 0}}'\n\n"
+        "[bold]openai[/] (Python)\n"
+        "from openai import OpenAI\n"
+        f"client = OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")\n"
+        f"r = client.chat.completions.create(model=\"{name}\", messages=[{{\"role\": \"user\", \"content\": \"What are you?\"}}], max_tokens=48)\n"
+        "print(r.choices[0].message.content)\n\n"
+        f"Add the header [bold]x-slo-class: batch[/] to prefer the edge pool; the [bold]x-elo-pool[/] response header says which pool served.\n"
+        f"Metrics: {url}/metrics   Pools: {url}/elo/pools   Stop: Ctrl-C",
+        title="elastic LLM orchestrator",
+    ))
+
+
+def run_forever(config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, ready_timeout_s: float = 600) -> None:
+    """The `elo run` job: start, wait for readiness, print how to call it, stop cleanly on Ctrl-C/SIGTERM."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        start(config, endpoint, cache_dir)
+        wait_until_ready(endpoint, [p for p, c in config.pools.items() if c.replicas > 0], ready_timeout_s)
+        print_welcome(config, endpoint)
+        while not stopped.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        console.print("\nCtrl-C received.")
+    finally:
+        stop()
+        console.print("Stopped cleanly.")

@@ -1,0 +1,96 @@
+"""One real Serve app (vLLM CPU replica + transformers replica on the demo model) shared by integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.config import AppConfig, Eligibility, ModelConfig, PoolConfig, RouterConfig
+
+VLLM_CPU_OPTIONS = {"num_cpus": 0, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}}
+
+# Small limits so tests can saturate pools with a few dozen requests:
+# cloud takes 8 at once and queues 16 more; edge takes 4 and queues 8. Total room: 36.
+TEST_CONFIG = AppConfig(
+    model=ModelConfig(source="demo"),
+    pools={
+        "cloud": PoolConfig(engine="vllm", max_ongoing_requests=8, max_queued_requests=16,
+                            engine_args={"enforce_eager": True, "max_num_seqs": 16},
+                            ray_actor_options=VLLM_CPU_OPTIONS),
+        "edge": PoolConfig(engine="transformers", max_ongoing_requests=4, max_queued_requests=8, max_batch_size=4,
+                           eligibility=Eligibility(max_prompt_tokens=768)),
+    },
+    router=RouterConfig(default_pool="cloud", slo_class_preferences={"batch": "edge"}),
+)
+
+
+@dataclass(frozen=True)
+class ServedApp:
+    base_url: str
+    model: str
+    model_path: Path
+    config: AppConfig
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_model_path() -> Path:
+    from orchestrator.demo_model import build_demo_model
+
+    return build_demo_model()
+
+
+@pytest.fixture(scope="session")
+def served_app(demo_model_path: Path) -> Iterator[ServedApp]:
+    import ray
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app, resolve_model
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    port = _free_port()
+    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(TEST_CONFIG, resolve_model(TEST_CONFIG.model)), name=APP_NAME, route_prefix="/",
+                  blocking=False)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        state: object = None
+        while time.monotonic() < deadline:
+            try:
+                state = httpx.get(f"{base}/elo/pools", timeout=5).json()
+                if all(p["ready_replicas"] > 0 for p in state.values()):  # type: ignore[union-attr]
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"Serve app not ready after 300 s: {state}")
+        yield ServedApp(base, TEST_CONFIG.model.served_name, demo_model_path, TEST_CONFIG)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(demo_model_path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(demo_model_path))

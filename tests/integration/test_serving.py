@@ -1,0 +1,284 @@
+"""The OpenAI endpoint end to end: official openai client, real Serve, vLLM CPU and transformers replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import ServedApp
+
+pytestmark = pytest.mark.integration
+
+CLOUD: dict[str, str] = {}  # no SLO class: the default preference, the cloud pool
+EDGE = {"x-slo-class": "batch"}  # the test config prefers the edge pool for batch requests
+CORPUS_PROMPT = "It was the best of times, it was the worst of times,"
+
+
+@pytest.fixture(scope="module")
+def client(served_app: ServedApp) -> openai.OpenAI:
+    return openai.OpenAI(base_url=served_app.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(client: openai.OpenAI, model: str, headers: dict[str, str], **kw):
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": kw.pop("content", "What are you?")}],
+        extra_headers=headers, **kw,
+    )
+    return raw.headers.get("x-elo-pool"), raw.parse()
+
+
+def complete(client: openai.OpenAI, model: str, headers: dict[str, str], **kw):
+    raw = client.completions.with_raw_response.create(model=model, extra_headers=headers, **kw)
+    return raw.headers.get("x-elo-pool"), raw.parse()
+
+
+def test_models_lists_the_served_model(client, served_app):
+    models = client.models.list().data
+    assert [m.id for m in models] == [served_app.model]
+    assert client.models.retrieve(served_app.model).id == served_app.model
+
+
+def test_chat_completion_from_the_cloud_pool_counts_usage_with_the_tokenizer(client, served_app, tokenizer):
+    pool, r = chat(client, served_app.model, CLOUD, max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    assert pool == "cloud"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What are you?"}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert r.usage.prompt_tokens == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert r.usage.completion_tokens == 12 and r.usage.total_tokens == r.usage.prompt_tokens + 12
+    assert r.choices[0].finish_reason == "length" and r.choices[0].message.role == "assistant"
+    assert len(tokenizer(r.choices[0].message.content, add_special_tokens=False)["input_ids"]) <= 12
+
+
+def test_chat_completion_from_the_edge_pool(client, served_app):
+    pool, r = chat(client, served_app.model, EDGE, max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    assert pool == "edge"
+    assert r.usage.completion_tokens == 12 and r.choices[0].message.content
+
+
+def test_trained_demo_model_answers_recognisable_text(client, served_app):
+    _, r = chat(client, served_app.model, CLOUD, max_tokens=24, temperature=0)
+    assert "demo model" in r.choices[0].message.content
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_both_pools_give_the_same_greedy_output_for_the_same_prompt(client, served_app, endpoint):
+    outputs = {}
+    for headers in (CLOUD, EDGE):
+        if endpoint == "completions":
+            pool, r = complete(client, served_app.model, headers, prompt=CORPUS_PROMPT, max_tokens=32, temperature=0)
+            outputs[pool] = (r.choices[0].text, r.usage.completion_tokens, r.choices[0].finish_reason)
+        else:
+            pool, r = chat(client, served_app.model, headers, max_tokens=32, temperature=0)
+            outputs[pool] = (r.choices[0].message.content, r.usage.completion_tokens, r.choices[0].finish_reason)
+    assert set(outputs) == {"cloud", "edge"}
+    assert outputs["cloud"] == outputs["edge"]
+    assert outputs["cloud"][0]
+
+
+@pytest.mark.parametrize("headers,pool", [(CLOUD, "cloud"), (EDGE, "edge")])
+def test_streaming_chat_matches_the_whole_answer_and_reports_usage(client, served_app, headers, pool):
+    _, whole = chat(client, served_app.model, headers, max_tokens=20, temperature=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=served_app.model, messages=[{"role": "user", "content": "What are you?"}], max_tokens=20,
+        temperature=0, stream=True, stream_options={"include_usage": True}, extra_headers=headers,
+    )
+    assert raw.headers["x-elo-pool"] == pool and raw.headers["content-type"].startswith("text/event-stream")
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert text == whole.choices[0].message.content
+    assert finish == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage is not None and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+@pytest.mark.parametrize("headers", [CLOUD, EDGE])
+def test_streaming_completion_yields_text_chunks(client, served_app, headers):
+    stream = client.completions.create(model=served_app.model, prompt=CORPUS_PROMPT, max_tokens=16, temperature=0,
+                                       stream=True, extra_headers=headers)
+    pieces = [c.choices[0].text for c in stream if c.choices]
+    assert len(pieces) > 1 and "".join(pieces)
+
+
+@pytest.mark.parametrize("headers", [CLOUD, EDGE])
+def test_stop_string_ends_the_text_before_it(client, served_app, headers):
+    _, full = complete(client, served_app.model, headers, prompt=CORPUS_PROMPT, max_tokens=32, temperature=0)
+    text = full.choices[0].text
+    stop = text.split()[2]  # a word the greedy continuation contains
+    _, cut = complete(client, served_app.model, headers, prompt=CORPUS_PROMPT, max_tokens=32, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == text[: text.index(stop)]
+
+
+@pytest.mark.parametrize("headers", [CLOUD, EDGE])
+def test_seeded_sampling_repeats_and_top_p_is_accepted(client, served_app, headers):
+    kw = dict(prompt="The", max_tokens=16, temperature=1.5, top_p=0.9, seed=7, extra_body={"ignore_eos": True})
+    _, a = complete(client, served_app.model, headers, **kw)
+    _, b = complete(client, served_app.model, headers, **kw)
+    assert a.choices[0].text == b.choices[0].text
+
+
+def test_completion_accepts_token_ids(client, served_app, tokenizer):
+    ids = tokenizer(CORPUS_PROMPT)["input_ids"]
+    _, by_ids = complete(client, served_app.model, CLOUD, prompt=ids, max_tokens=8, temperature=0)
+    _, by_text = complete(client, served_app.model, CLOUD, prompt=CORPUS_PROMPT, max_tokens=8, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text and by_ids.usage.prompt_tokens == len(ids)
+
+
+# --- bad input: a clear OpenAI-shaped error, never a 500 or a hang ---------------------------------
+
+
+def _post(served_app: ServedApp, path: str, body: bytes | dict, content_type: str = "application/json") -> httpx.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{served_app.v1}{path}", content=data, headers={"content-type": content_type}, timeout=30)
+
+
+def _error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+def _body(served_app: ServedApp, **kw) -> dict:
+    return {"model": served_app.model, "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+def test_malformed_json_gets_400(served_app):
+    assert _error(_post(served_app, "/chat/completions", b'{"model": '), 400)["code"] == "invalid_json"
+
+
+def test_wrong_content_type_gets_415(served_app):
+    _error(_post(served_app, "/chat/completions", _body(served_app), "text/plain"), 415)
+
+
+def test_unknown_model_gets_404_from_the_openai_client(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "model_not_found" and "gpt-17" in e.value.body["message"]
+
+
+@pytest.mark.parametrize("change,param", [
+    ({"messages": []}, "messages"),
+    ({"messages": None}, "messages"),
+    ({"messages": [{"role": "user"}]}, "messages"),
+    ({"max_tokens": -5}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"temperature": 9}, "temperature"),
+    ({"n": 3}, "n"),
+])
+def test_invalid_fields_get_400_naming_the_field(served_app, change, param):
+    assert _error(_post(served_app, "/chat/completions", _body(served_app, **change)), 400)["param"] == param
+
+
+def test_missing_model_gets_400(served_app):
+    body = _body(served_app)
+    del body["model"]
+    assert _error(_post(served_app, "/chat/completions", body), 400)["param"] == "model"
+
+
+def test_huge_max_tokens_gets_400_naming_the_context_limit(client, served_app):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=served_app.model, messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=10**9)
+    assert e.value.body["code"] == "context_length_exceeded" and "1024" in e.value.body["message"]
+
+
+def test_prompt_longer_than_the_context_gets_400_naming_the_limit(client, served_app):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=served_app.model, prompt="times " * 3000, max_tokens=4)
+    assert e.value.body["code"] == "context_length_exceeded" and "1024" in e.value.body["message"]
+
+
+def test_out_of_vocabulary_token_ids_get_400(served_app):
+    err = _error(_post(served_app, "/completions", {"model": served_app.model, "prompt": [1, 10**7]}), 400)
+    assert err["param"] == "prompt"
+
+
+def test_unknown_path_gets_an_openai_shaped_404(served_app):
+    _error(httpx.get(f"{served_app.v1}/engines", timeout=10), 404)
+
+
+# --- load: concurrency, spill, back-pressure ----------------------------------------------------
+
+
+async def _stream_one(client: openai.AsyncOpenAI, model: str, max_tokens: int) -> tuple[int, str | None, int, str | None]:
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "What are you?"}], max_tokens=max_tokens,
+            temperature=0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        )
+        tokens = 0
+        async for chunk in raw.parse():
+            if chunk.usage:
+                tokens = chunk.usage.completion_tokens
+        return 200, raw.headers.get("x-elo-pool"), tokens, None
+    except openai.APIStatusError as e:
+        return e.status_code, None, 0, e.response.headers.get("retry-after")
+
+
+async def _burst(served_app: ServedApp, n: int, max_tokens: int) -> list[tuple[int, str | None, int, str | None]]:
+    async with openai.AsyncOpenAI(base_url=served_app.v1, api_key="unused", max_retries=0, timeout=300) as c:
+        return await asyncio.gather(*(_stream_one(c, served_app.model, max_tokens) for _ in range(n)))
+
+
+def test_32_concurrent_streams_all_complete_across_both_pools(served_app):
+    results = asyncio.run(_burst(served_app, 32, 24))
+    assert [r[0] for r in results] == [200] * 32
+    assert all(r[2] == 24 for r in results)
+    pools = {r[1] for r in results}
+    assert pools == {"cloud", "edge"}, "a burst beyond the cloud pool's slots spills to the edge pool"
+
+
+def test_requests_beyond_every_pools_queue_limit_get_429_with_retry_after(served_app):
+    results = asyncio.run(_burst(served_app, 48, 64))  # room for 36 (see TEST_CONFIG)
+    statuses = [r[0] for r in results]
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(429) >= 1 and statuses.count(200) >= 36
+    assert all(r[3] == "1" for r in results if r[0] == 429)
+
+
+def test_health_and_metrics_report_both_pools(served_app):
+    health = httpx.get(f"{served_app.base_url}/healthz", timeout=10)
+    assert health.status_code == 200 and set(health.json()["pools"]) == {"cloud", "edge"}
+    metrics = httpx.get(f"{served_app.base_url}/metrics", timeout=10).text
+    assert 'elo_requests_total{pool="cloud",status="200"}' in metrics
+    assert 'elo_requests_total{pool="edge",status="200"}' in metrics
+    assert "elo_time_to_first_token_seconds_bucket" in metrics
+
+
+# --- failure: runs last, it kills the edge replica ------------------------------------------------
+
+
+def test_killed_edge_replica_loses_no_request_and_the_pool_recovers(served_app):
+    # Either Serve holds the requests for the replacement replica, or the router retries them on the
+    # cloud pool (tests/unit/test_dispatch.py covers that path); no request may fail.
+    import ray
+
+    edge = [a for a in ray.util.list_named_actors(all_namespaces=True) if "pool-edge" in a["name"]]
+    assert len(edge) == 1
+    ray.kill(ray.get_actor(edge[0]["name"], namespace=edge[0]["namespace"]), no_restart=True)
+
+    async def batch_requests(n: int):
+        async with openai.AsyncOpenAI(base_url=served_app.v1, api_key="unused", max_retries=0, timeout=120) as c:
+            async def one():
+                raw = await c.completions.with_raw_response.create(
+                    model=served_app.model, prompt=CORPUS_PROMPT, max_tokens=8, temperature=0, extra_headers=EDGE)
+                return raw.http_response.status_code, raw.headers.get("x-elo-pool")
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    results = asyncio.run(batch_requests(4))
+    assert [status for status, _ in results] == [200] * 4
+
+    # Serve replaces the replica; the router routes to the edge pool again once it is ready.
+    sync = openai.OpenAI(base_url=served_app.v1, api_key="unused", max_retries=0, timeout=60)
+    deadline, pool = time.monotonic() + 120, None
+    while pool != "edge" and time.monotonic() < deadline:
+        time.sleep(1)
+        pool = complete(sync, served_app.model, EDGE, prompt=CORPUS_PROMPT, max_tokens=4, temperature=0)[0]
+    assert pool == "edge"
