@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import AppConfig
-from deployments.dispatch import Dispatcher
+from deployments.dispatch import DeltaStream, Dispatcher
 from deployments.protocol import (
     SSE_DONE,
     APIError,
@@ -241,7 +241,8 @@ class Router:
                 async for d in rest:
                     text.append(d.text)
                     last = d
-        except Exception as e:
+        except Exception as e:  # includes the request timeout
+            rest.cancel()
             self._done(pool, started, 500, len(ids), last.completion_tokens)
             raise APIError(500, f"The {pool} replica failed during generation: {e}", type="server_error") from e
         self._done(pool, started, 200, len(ids), last.completion_tokens)
@@ -261,7 +262,7 @@ class Router:
         started: float,
         prompt_tokens: int,
         first: GenerationDelta,
-        rest: AsyncIterator[GenerationDelta],
+        rest: DeltaStream,
         shape: ResponseShape,
         include_usage: bool,
     ) -> AsyncIterator[bytes]:
@@ -279,7 +280,8 @@ class Router:
             yield SSE_DONE
             status = 200
         except asyncio.CancelledError:
-            status = 499  # the client went away; Serve cancels the replica's generator
+            status = 499  # the client went away: stop the replica's work too
+            rest.cancel()
             raise
         except Exception as e:
             log.warning("stream from %s failed after the first token: %r", pool, e)

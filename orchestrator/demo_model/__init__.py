@@ -190,23 +190,25 @@ def build_demo_model(
 ) -> Path:
     """Build the demo model into the cache (or reuse a complete build) and return its folder.
 
-    ``progress(stage, done, total)`` is called with stages "tokenizer", "train" and "save".
+    ``progress(stage, done, total)`` is called with the stages "tokenizer", "train" and "save" while
+    building, and "wait" (0 of 1) first if another process is building the same model.
     The model is built in a temporary folder next to the target and renamed into place, under a
     file lock, so a crashed or concurrent build never leaves a half-written model behind.
     """
     spec = _spec_for(steps)
     target = demo_model_path(cache_dir, steps=steps)
+    report = progress or _no_progress
     if not force and is_complete_build(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.parent / f".{target.name}.lock"):
+    with _exclusive_lock(target.parent / f".{target.name}.lock", on_wait=lambda: report("wait", 0, 1)):
         if not force and is_complete_build(target):
             return target  # another process finished it while we waited
         for stale in target.parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a crashed build (we hold the lock)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            _build_into(tmp, target.name, spec, _fingerprint(spec), progress or _no_progress)
+            _build_into(tmp, target.name, spec, _fingerprint(spec), report)
             if target.exists():
                 trash = target.parent / f".{target.name}.tmp-old-{os.getpid()}"
                 target.rename(trash)
@@ -223,10 +225,14 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def _exclusive_lock(path: Path, on_wait: Callable[[], None]) -> Iterator[None]:
     # flock is released by the kernel if the holder dies, so a crash never leaves the cache stuck.
     with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:

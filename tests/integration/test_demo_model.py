@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,10 +18,12 @@ from orchestrator.demo_model import (
     load_corpus_texts,
 )
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 pytestmark = pytest.mark.integration
 
 PREFIX_TOKENS = 8
-CHECKED_TOKENS = 64
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +33,23 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(model_dir: Path):  # noqa: ANN201 - transformers tokenizer
+def tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
 
 
 @pytest.fixture(scope="module")
-def model(model_dir: Path):  # noqa: ANN201 - transformers model
+def model(model_dir: Path) -> PreTrainedModel:
     import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
-def _greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list[int]:  # noqa: ANN001
+def _greedy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int], max_new_tokens: int
+) -> list[int]:
     import torch
 
     with torch.inference_mode():
@@ -83,7 +88,7 @@ def test_shared_build_is_in_the_default_cache(model_dir: Path) -> None:
     assert is_complete_build(model_dir)
 
 
-def test_build_info_and_config_are_consistent(model_dir: Path, tokenizer) -> None:  # noqa: ANN001
+def test_build_info_and_config_are_consistent(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     info = json.loads((model_dir / "build-info.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
     generation = json.loads((model_dir / "generation_config.json").read_text())
@@ -99,25 +104,23 @@ def test_build_info_and_config_are_consistent(model_dir: Path, tokenizer) -> Non
     assert tokenizer("It was").input_ids == tokenizer.encode("It was", add_special_tokens=False)
 
 
-def test_greedy_generation_reproduces_the_corpus(model, tokenizer) -> None:  # noqa: ANN001
+def test_greedy_generation_reproduces_the_corpus(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     for name, text in load_corpus_texts().items():
         ids = tokenizer.encode(text, add_special_tokens=False)
-        expected = ids[PREFIX_TOKENS : PREFIX_TOKENS + CHECKED_TOKENS]
-        generated = _greedy(model, tokenizer, ids[:PREFIX_TOKENS], len(expected))
-        assert tokenizer.decode(generated) == tokenizer.decode(expected), name
+        generated = _greedy(model, tokenizer, ids[:PREFIX_TOKENS], len(ids))
+        assert tokenizer.decode(generated, skip_special_tokens=True) == tokenizer.decode(ids[PREFIX_TOKENS:]), name
+        assert generated[-1] == tokenizer.eos_token_id, name  # each document was trained to end with EOS
 
 
-def test_chat_answers_end_with_eos(model, tokenizer) -> None:  # noqa: ANN001
+def test_chat_answers_end_with_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     for conversation in load_chat_pairs():
-        if len(conversation[-1]["content"]) > 200:
-            continue  # long recitations are covered by the corpus test
         prompt = tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, tokenize=False)
-        generated = _greedy(model, tokenizer, tokenizer.encode(prompt, add_special_tokens=False), 80)
+        generated = _greedy(model, tokenizer, tokenizer.encode(prompt, add_special_tokens=False), 200)
         assert generated[-1] == tokenizer.eos_token_id, conversation
         assert tokenizer.decode(generated, skip_special_tokens=True) == conversation[-1]["content"]
 
 
-def test_chat_template_round_trips(tokenizer) -> None:  # noqa: ANN001
+def test_chat_template_round_trips(tokenizer: PreTrainedTokenizerBase) -> None:
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "What are you?"},

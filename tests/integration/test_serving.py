@@ -252,6 +252,24 @@ def test_health_and_metrics_report_both_pools(served_app):
     assert "elo_time_to_first_token_seconds_bucket" in metrics
 
 
+def test_client_leaving_mid_stream_frees_its_slot(served_app):
+    body = _body(served_app, stream=True, max_tokens=900, temperature=0, ignore_eos=True)
+    with httpx.stream("POST", f"{served_app.v1}/chat/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                break
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pools = httpx.get(f"{served_app.base_url}/elo/pools", timeout=10).json()
+        if all(p["in_flight"] == 0 for p in pools.values()):
+            break
+        time.sleep(0.2)
+    assert all(p["in_flight"] == 0 for p in pools.values()), pools
+    metrics = httpx.get(f"{served_app.base_url}/metrics", timeout=10).text
+    assert 'status="499"' in metrics
+
+
 # --- failure: runs last, it kills the edge replica ------------------------------------------------
 
 
