@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 
 from deployments.config import AppConfig, ConfigError, load_app_config
+from orchestrator.bench.cli import bench_app
+from orchestrator.control.cli import policy_app
 
 app = typer.Typer(help="Elastic LLM orchestrator: cloud (vLLM) and edge (CPU) pools behind one OpenAI endpoint.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -16,13 +18,8 @@ app.add_typer(model_app, name="model")
 console = Console()
 
 
-def _bench_app() -> typer.Typer:
-    from orchestrator.bench.cli import bench_app
-
-    return bench_app
-
-
-app.add_typer(_bench_app(), name="bench", help="Load generator and benchmarks against any OpenAI-compatible URL.")
+app.add_typer(bench_app, name="bench", help="Load generator and benchmarks against any OpenAI-compatible URL.")
+app.add_typer(policy_app, name="policy", help="Scaling policy files: validate them, export their JSON schema.")
 
 
 def _load_config(path: Path | None) -> AppConfig:

@@ -1,4 +1,4 @@
-"""Autoscaling controller, decision layer: snapshot (observe) → policy + guardrails (decide) → plan (for the actuators).
+"""Autoscaling controller, decision layer: snapshot (observe) → policy + guardrails (decide) → plan (to act on).
 
 Everything in this package is pure: no Ray, no HTTP, no Kubernetes, no clock. Time comes in as ``now``
 (seconds, any epoch) and the world comes in as a :class:`ClusterSnapshot`, so the same code runs in the

@@ -25,6 +25,7 @@ __all__ = [
     "PolicyFile",
     "PoolPolicy",
     "Slo",
+    "StrictModel",
     "load_policy_file",
     "policy_json_schema",
 ]
@@ -35,7 +36,9 @@ DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
 _POLICY_NAME = re.compile(r"^[A-Za-z_][\w]*$|^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every policy-file model: unknown fields are errors, values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -44,7 +47,7 @@ def _conflict(message: str, at: tuple[str, ...], **values: Any) -> PydanticCusto
     return PydanticCustomError("conflict", message, {**values, "at": at})
 
 
-class PoolPolicy(_Strict):
+class PoolPolicy(StrictModel):
     """What the controller must know about one pool to size it and price it."""
 
     engine: Literal["vllm", "transformers"] = Field(
@@ -86,14 +89,14 @@ class PoolPolicy(_Strict):
         return self.cost_per_hour_usd / self.target_ongoing_requests_per_replica
 
 
-class Slo(_Strict):
+class Slo(StrictModel):
     """Latency objectives, as 95th percentiles over the metrics window."""
 
     ttft_p95_s: float = Field(2.0, gt=0, description="Time to first token, 95th percentile, seconds.")
     e2e_p95_s: float = Field(20.0, gt=0, description="Request end to end, 95th percentile, seconds.")
 
 
-class PolicyChoice(_Strict):
+class PolicyChoice(StrictModel):
     """Which decision function runs each tick, and its tuning."""
 
     name: str = Field(
@@ -113,7 +116,7 @@ class PolicyChoice(_Strict):
         return v
 
 
-class Guardrails(_Strict):
+class Guardrails(StrictModel):
     """Limits applied to every policy's plan, whatever the policy."""
 
     max_step_per_tick: int = Field(
@@ -146,7 +149,7 @@ class Guardrails(_Strict):
         return v
 
 
-class PolicyFile(_Strict):
+class PolicyFile(StrictModel):
     """The whole policy file: ``elo policy validate`` checks it, the controller runs it."""
 
     pools: dict[str, PoolPolicy] = Field(min_length=1, description="Pools the controller sizes, by name.")
@@ -161,8 +164,8 @@ class PolicyFile(_Strict):
         for pool in g.max_step_per_tick_by_pool:
             if pool not in self.pools:
                 raise _conflict(
-                    "max_step_per_tick_by_pool names pool {pool!r}, which is not one of the pools {pools}",
-                    ("guardrails", "max_step_per_tick_by_pool", pool), pool=pool, pools=sorted(self.pools),
+                    "max_step_per_tick_by_pool names pool {pool}, which is not one of the pools {pools}",
+                    ("guardrails", "max_step_per_tick_by_pool", pool), pool=repr(pool), pools=str(sorted(self.pools)),
                 )
         floor = self.min_fleet_cost_usd_per_hour
         if g.budget_usd_per_hour is not None and floor > g.budget_usd_per_hour:
@@ -342,9 +345,12 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...], last: bool = False) -
 
 
 def _config_error(path: Path, root: yaml.Node | None, problems: list[Problem]) -> ConfigError:
+    located = sorted(
+        ((_line_of(root, loc, last=msg.startswith("duplicate key")), loc, msg) for loc, msg in problems),
+        key=lambda x: x[0],
+    )
     lines = [f"{path}: invalid policy file ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"]
-    for loc, msg in problems:
-        dup = msg.startswith("duplicate key")
+    for line, loc, msg in located:
         where = ".".join(str(p) for p in loc) or "(top level)"
-        lines.append(f"  {path}:{_line_of(root, loc, last=dup)}: {where}: {msg}")
+        lines.append(f"  {path}:{line}: {where}: {msg}")
     return ConfigError("\n".join(lines))

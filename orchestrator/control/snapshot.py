@@ -54,6 +54,8 @@ class ClusterSnapshot:
     metrics_age_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.metrics_age_s < 0:
+            raise ValueError(f"metrics_age_s must be >= 0, got {self.metrics_age_s}")
         for key, pool in self.pools.items():
             if key != pool.name:
                 raise ValueError(f"pools[{key!r}] holds pool {pool.name!r}")

@@ -102,7 +102,7 @@ def test_int8_quantization_replaces_linear_layers_and_still_generates(demo_model
 def test_seeded_sampling_is_reproducible_and_differs_across_seeds(fp32):
     model, tok = fp32
     ids = tok("The")["input_ids"]
-    kw = dict(max_tokens=16, temperature=1.5, top_p=0.95, ignore_eos=True)
+    kw = dict(max_tokens=16, temperature=1.5, top_p=1.0, ignore_eos=True)  # the tiny model is peaked: no top_p cut
     texts = ["".join(d.text for d in _run(BatchedCPUEngine(model, tok), [_req(ids, seed=s, **kw)])[0])
              for s in (1, 1, 2, 3, 4, 5)]
     assert texts[0] == texts[1]
