@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -49,12 +50,14 @@ def build_model_with_progress(cache_dir: Path | None = None) -> Path:
         return build_demo_model(cache_dir, progress=progress)
 
 
-def wait_until_ready(endpoint: Endpoint, pools: list[str], timeout_s: float) -> dict[str, dict[str, int]]:
-    """Poll the router until every pool has a ready replica."""
+def wait_until_ready(
+    endpoint: Endpoint, pools: list[str], timeout_s: float, stopped: threading.Event | None = None
+) -> dict[str, dict[str, int]]:
+    """Poll the router until every pool has a ready replica (or `stopped` is set)."""
     deadline = time.monotonic() + timeout_s
     state: dict[str, dict[str, int]] = {}
     with console.status("Waiting for replicas to load the model (vLLM takes ~30 s on CPU)...") as status:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (stopped and stopped.is_set()):
             try:
                 state = httpx.get(f"{endpoint.base_url}/elo/pools", timeout=5).json()
                 ready = {p: state.get(p, {}).get("ready_replicas", 0) for p in pools}
@@ -64,6 +67,8 @@ def wait_until_ready(endpoint: Endpoint, pools: list[str], timeout_s: float) -> 
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(1)
+    if stopped and stopped.is_set():
+        return state
     raise TimeoutError(f"replicas not ready after {timeout_s:.0f} s: {state}")
 
 
@@ -98,33 +103,37 @@ def stop() -> None:
 def print_welcome(config: AppConfig, endpoint: Endpoint) -> None:
     url = endpoint.base_url
     name = config.model.served_name
-    console.print(Panel.fit(
-        f"[bold green]Serving[/] [bold]{name}[/] at [bold]{url}/v1[/]\n"
-        f"pools: " + ", ".join(f"{p} ({c.engine}, {c.replicas} replica)" for p, c in config.pools.items()) + "\n\n"
-        "[bold]curl[/]\n"
-        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        f"  -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What are you?\"}}], \"max_tokens\": 48, \"temperature\": 0}}'\n\n"
-        "[bold]openai[/] (Python)\n"
-        "from openai import OpenAI\n"
-        f"client = OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")\n"
-        f"r = client.chat.completions.create(model=\"{name}\", messages=[{{\"role\": \"user\", \"content\": \"What are you?\"}}], max_tokens=48)\n"
-        "print(r.choices[0].message.content)\n\n"
-        f"Add the header [bold]x-slo-class: batch[/] to prefer the edge pool; the [bold]x-elo-pool[/] response header says which pool served.\n"
-        f"Metrics: {url}/metrics   Pools: {url}/elo/pools   Stop: Ctrl-C",
-        title="elastic LLM orchestrator",
-    ))
+    pools = ", ".join(f"{p} ({c.engine}, {c.replicas} replica{'s' if c.replicas != 1 else ''})" for p, c in config.pools.items())
+    console.print(Panel.fit(f"[bold green]Serving[/] [bold]{name}[/] at [bold]{url}/v1[/]\npools: {pools}",
+                            title="elastic LLM orchestrator"))
+    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "What are you?"}],
+                       "max_tokens": 48, "temperature": 0})
+    # Plain prints: rich would wrap long lines and break copy-paste.
+    print(f"\ncurl:\ncurl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'\n")
+    print("openai (Python):")
+    print(f"from openai import OpenAI\nclient = OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")")
+    print(f"r = client.chat.completions.create(model=\"{name}\", messages=[{{\"role\": \"user\", "
+          f"\"content\": \"What are you?\"}}], max_tokens=48, temperature=0)")
+    print("print(r.choices[0].message.content)\n")
+    print("Header 'x-slo-class: batch' prefers the edge pool; the 'x-elo-pool' response header names the pool that served.")
+    print(f"Metrics: {url}/metrics   Pool state: {url}/elo/pools   Stop: Ctrl-C", flush=True)
 
 
 def run_forever(config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, ready_timeout_s: float = 600) -> None:
     """The `elo run` job: start, wait for readiness, print how to call it, stop cleanly on Ctrl-C/SIGTERM."""
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
         start(config, endpoint, cache_dir)
-        wait_until_ready(endpoint, [p for p, c in config.pools.items() if c.replicas > 0], ready_timeout_s)
-        print_welcome(config, endpoint)
+        # After ray.init, which installs its own SIGTERM handler: both signals end the job cleanly.
+        # SIGINT is set explicitly because a shell starting us in the background may have ignored it.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _: stopped.set())
+        wait_until_ready(endpoint, [p for p, c in config.pools.items() if c.replicas > 0], ready_timeout_s, stopped)
+        if not stopped.is_set():
+            print_welcome(config, endpoint)
         while not stopped.wait(1.0):
             pass
+        console.print("\nStopping.")
     except KeyboardInterrupt:
         console.print("\nCtrl-C received.")
     finally:

@@ -19,14 +19,15 @@ wait_for() {  # url, seconds
 echo "==> this project (elo run) on :8000"
 "$bin/elo" run --port 8000 > "$out/elo-run.log" 2>&1 &
 elo_pid=$!
-trap 'kill -INT $elo_pid 2>/dev/null || true; kill ${vllm_pid:-0} 2>/dev/null || true' EXIT
+trap 'kill -TERM $elo_pid 2>/dev/null || true; kill ${vllm_pid:-0} 2>/dev/null || true' EXIT
 wait_for http://127.0.0.1:8000/healthz 600
 until curl -sf http://127.0.0.1:8000/elo/pools | grep -q '"cloud":{"ready_replicas":1'; do sleep 1; done
 "$bin/elo" bench serve --url http://127.0.0.1:8000/v1 "${load[@]}" --tokenizer "$model" --label elo --out "$out/elo.json" "$@"
-kill -INT $elo_pid; wait $elo_pid || true
+kill -TERM $elo_pid; wait $elo_pid || true
 
 echo "==> raw vLLM (vllm serve) on :8100"
-VLLM_CPU_KVCACHE_SPACE=1 "$bin/vllm" serve "$model" --port 8100 --host 127.0.0.1 --dtype float32 \
+# `python -m` rather than the `vllm` script: vllm-cpu 0.32's script looks up a distribution named "vllm" and fails.
+VLLM_CPU_KVCACHE_SPACE=1 "$bin/python" -m vllm.entrypoints.openai.api_server --model "$model" --port 8100 --host 127.0.0.1 --dtype float32 \
   --enforce-eager --served-model-name elo-demo --max-model-len 1024 > "$out/vllm-serve.log" 2>&1 &
 vllm_pid=$!
 wait_for http://127.0.0.1:8100/v1/models 600
