@@ -74,6 +74,7 @@ class RouterConfig(_Strict):
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429/503.")
     request_timeout_s: float = Field(600.0, gt=0, description="Upper bound on one request's life.")
     readiness_poll_s: float = Field(1.0, gt=0, description="How often the router refreshes replica readiness.")
+    metrics_window_s: float = Field(30.0, gt=0, description="Window of the load statistics the controller reads.")
 
 
 class AppConfig(_Strict):

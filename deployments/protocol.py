@@ -81,6 +81,13 @@ class CompletionRequest(_Sampling):
         return self.max_tokens
 
 
+class RoutingPreference(BaseModel):
+    """The controller's routing preference (PUT /elo/routing): SLO class or "default" -> pool."""
+
+    model_config = ConfigDict(extra="forbid")
+    preferred_pool_by_class: dict[str, str]
+
+
 # --- what the router sends a replica, and what comes back ------------------------------------
 
 

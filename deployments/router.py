@@ -26,11 +26,13 @@ from deployments.protocol import (
     GenerationDelta,
     GenerationRequest,
     ResponseShape,
+    RoutingPreference,
     parse_request,
     sse_event,
     usage,
 )
 from deployments.routing import RequestFeatures, preference_order, preferred_pool
+from deployments.window import PoolWindow
 
 log = logging.getLogger("ray.serve")
 
@@ -99,6 +101,8 @@ class Router:
             on_retry=lambda pool: self.metrics.retries.labels(pool).inc(),
         )
         self.clock: Callable[[], float] = time.monotonic
+        self.windows = {name: PoolWindow(self.config.router.metrics_window_s) for name in self.config.pools}
+        self.preferences: dict[str, str] = {}  # set by the controller through PUT /elo/routing
         self._poller = asyncio.get_event_loop().create_task(self._poll_readiness())
 
     # --- readiness ------------------------------------------------------------------------
@@ -132,8 +136,31 @@ class Router:
         return self._pool_state()
 
     def _pool_state(self) -> dict[str, Any]:
-        return {n: {"ready_replicas": v.ready_replicas, "in_flight": v.in_flight, "slots": v.slots,
-                    "queue_limit": v.queue_limit} for n, v in self.dispatch.views().items()}
+        now = self.clock()
+        return {
+            n: {"ready_replicas": v.ready_replicas, "in_flight": v.in_flight, "slots": v.slots,
+                "queue_limit": v.queue_limit, "running": min(v.in_flight, v.slots),
+                "queued": max(0, v.in_flight - v.slots), **self.windows[n].summary(now)}
+            for n, v in self.dispatch.views().items()
+        }
+
+    @app.get("/elo/routing")
+    async def routing(self) -> dict[str, Any]:
+        return {"preferred_pool_by_class": self.preferences}
+
+    @app.put("/elo/routing")
+    async def set_routing(self, request: Request) -> dict[str, Any]:
+        """The controller's routing preference: SLO class (or "default") -> preferred pool."""
+        body: RoutingPreference = parse_request(
+            await request.body(), request.headers.get("content-type"), RoutingPreference
+        )
+        prefs = body.preferred_pool_by_class
+        unknown = sorted(set(prefs.values()) - set(self.config.pools))
+        if unknown:
+            raise APIError(400, f"Unknown pools {unknown}; pools are {sorted(self.config.pools)}.",
+                           param="preferred_pool_by_class", code="invalid_value")
+        self.preferences = dict(prefs)
+        return {"preferred_pool_by_class": self.preferences}
 
     @app.get("/metrics")
     async def metrics(self) -> Response:
@@ -215,7 +242,7 @@ class Router:
         max_tokens = self._limit_tokens(len(ids), body.requested_max_tokens())
         slo_class = request.headers.get(self.config.router.slo_class_header)
         features = RequestFeatures(prompt_tokens=len(ids), max_tokens=max_tokens, slo_class=slo_class)
-        order = preference_order(list(self.config.pools), preferred_pool(self.config, slo_class))
+        order = preference_order(list(self.config.pools), preferred_pool(self.config, slo_class, self.preferences))
         gen = GenerationRequest(
             request_id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             prompt_token_ids=ids,
@@ -227,8 +254,16 @@ class Router:
             ignore_eos=body.ignore_eos,
         )
         started = self.clock()
-        pool, first, rest = await self.dispatch.open(gen, features, order, self.config.router.request_timeout_s)
-        self.metrics.ttft.labels(pool).observe(self.clock() - started)
+        try:
+            pool, first, rest = await self.dispatch.open(gen, features, order, self.config.router.request_timeout_s)
+        except APIError as e:  # refused (429/503) or failed twice: demand the preferred pool did not absorb
+            self.metrics.requests.labels(order[0], str(e.status)).inc()
+            self.windows[order[0]].rejected(started)
+            raise
+        ttft = self.clock() - started
+        self.metrics.ttft.labels(pool).observe(ttft)
+        self.windows[pool].arrived(started)
+        self.windows[pool].first_token(started + ttft, ttft)
         shape = ResponseShape(gen.request_id, self.model_name, chat)
         headers = {POOL_HEADER: pool}
         if body.stream:
@@ -251,8 +286,11 @@ class Router:
 
     def _done(self, pool: str, started: float, status: int, prompt_tokens: int, completion_tokens: int) -> None:
         self.dispatch.release(pool)
+        now = self.clock()
         self.metrics.requests.labels(pool, str(status)).inc()
-        self.metrics.latency.labels(pool).observe(self.clock() - started)
+        self.metrics.latency.labels(pool).observe(now - started)
+        if status == 200:
+            self.windows[pool].finished(now, now - started, completion_tokens)
         self.metrics.tokens.labels(pool, "prompt").inc(prompt_tokens)
         self.metrics.tokens.labels(pool, "completion").inc(completion_tokens)
 

@@ -67,10 +67,15 @@ def preference_order(pool_names: Sequence[str], preferred: str) -> list[str]:
     return [preferred] + [p for p in pool_names if p != preferred]
 
 
-def preferred_pool(config: AppConfig, slo_class: str | None) -> str:
+def preferred_pool(config: AppConfig, slo_class: str | None, overrides: Mapping[str, str] | None = None) -> str:
+    """The pool a request prefers: the controller's override for its class (or its "default"), else
+    the configured class preference, else the configured default pool."""
+    overrides = overrides or {}
+    if slo_class is not None and slo_class in overrides:
+        return overrides[slo_class]
     if slo_class is not None and slo_class in config.router.slo_class_preferences:
         return config.router.slo_class_preferences[slo_class]
-    return config.router.default_pool
+    return overrides.get("default", config.router.default_pool)
 
 
 def choose_pool(req: RequestFeatures, pools: Mapping[str, PoolView], order: Sequence[str]) -> RouteDecision:

@@ -252,6 +252,29 @@ def test_health_and_metrics_report_both_pools(served_app):
     assert "elo_time_to_first_token_seconds_bucket" in metrics
 
 
+def test_pool_state_reports_load_statistics_for_the_controller(served_app, client):
+    chat(client, served_app.model, CLOUD, max_tokens=4, temperature=0)
+    state = httpx.get(f"{served_app.base_url}/elo/pools", timeout=10).json()
+    cloud = state["cloud"]
+    assert cloud["arrival_rate_rps"] > 0 and cloud["completed"] >= 1 and cloud["ttft_p95_s"] > 0
+    assert {"running", "queued", "rejected_rate_rps", "e2e_p95_s", "output_tokens_per_s"} <= set(cloud)
+
+
+def test_controller_routing_preference_moves_default_traffic_and_rejects_bad_input(served_app, client):
+    url = f"{served_app.base_url}/elo/routing"
+    try:
+        r = httpx.put(url, json={"preferred_pool_by_class": {"default": "edge"}}, timeout=10)
+        assert r.status_code == 200 and httpx.get(url, timeout=10).json() == r.json()
+        assert chat(client, served_app.model, CLOUD, max_tokens=2, temperature=0)[0] == "edge"
+        assert _error(httpx.put(url, json={"preferred_pool_by_class": {"default": "gpu"}}, timeout=10), 400)
+        assert _error(httpx.put(url, json={"default": "edge"}, timeout=10), 400)["param"] == "preferred_pool_by_class"
+        assert _error(httpx.put(url, content=b"{", headers={"content-type": "application/json"}, timeout=10), 400)
+        assert httpx.get(url, timeout=10).json() == {"preferred_pool_by_class": {"default": "edge"}}, "kept on error"
+    finally:
+        httpx.put(url, json={"preferred_pool_by_class": {}}, timeout=10)
+    assert chat(client, served_app.model, CLOUD, max_tokens=2, temperature=0)[0] == "cloud"
+
+
 def test_client_leaving_mid_stream_frees_its_slot(served_app):
     body = _body(served_app, stream=True, max_tokens=900, temperature=0, ignore_eos=True)
     with httpx.stream("POST", f"{served_app.v1}/chat/completions", json=body, timeout=30) as r:

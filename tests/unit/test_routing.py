@@ -110,3 +110,11 @@ def test_config_rejects_unknown_engine_and_fields():
         PoolConfig(engine="tgi")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_ongoing"):
         PoolConfig(engine="vllm", max_ongoing="many")  # type: ignore[call-arg]
+
+
+def test_controller_override_wins_over_configured_preferences():
+    cfg = AppConfig(router=RouterConfig(default_pool="cloud", slo_class_preferences={"batch": "edge"}))
+    assert preferred_pool(cfg, None, {"default": "edge"}) == "edge"
+    assert preferred_pool(cfg, "interactive", {"default": "edge"}) == "edge"
+    assert preferred_pool(cfg, "batch", {"batch": "cloud", "default": "edge"}) == "cloud"
+    assert preferred_pool(cfg, "batch", {"default": "cloud"}) == "edge", "a configured class keeps its pool"
