@@ -1,0 +1,161 @@
+"""The control loop: observe -> decide -> act each tick; the only code that touches all three."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from orchestrator.control.config import PolicyFile
+from orchestrator.control.journal import DecisionLog, StateStore, decision_record
+from orchestrator.control.plan import ScalePlan
+from orchestrator.control.policies import Policy, PolicyState, build_policy
+from orchestrator.control.snapshot import ClusterSnapshot
+
+log = logging.getLogger(__name__)
+
+
+class MetricsSource(Protocol):
+    def snapshot(self, now: float) -> ClusterSnapshot: ...
+
+
+class Scaler(Protocol):
+    def set_replicas(self, pool: str, replicas: int) -> None: ...
+
+
+class Backend(Protocol):
+    def resize(self, pool: str, nodes: int) -> None: ...
+
+
+class RoutingSink(Protocol):
+    def set_preference(self, preferred_pool_by_class: Mapping[str, str]) -> None: ...
+
+
+class ControllerGauges:
+    """Prometheus view of the controller: desired vs actual size, cost and queue per pool."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.desired_replicas = Gauge("elo_controller_desired_replicas", "Planned replicas.", ["pool"], registry=r)
+        self.actual_replicas = Gauge("elo_controller_actual_replicas", "Ready + starting replicas.", ["pool"], registry=r)
+        self.desired_nodes = Gauge("elo_controller_desired_nodes", "Planned nodes.", ["pool"], registry=r)
+        self.actual_nodes = Gauge("elo_controller_actual_nodes", "Ready + starting nodes.", ["pool"], registry=r)
+        self.queue = Gauge("elo_controller_queued_requests", "Requests waiting per pool.", ["pool"], registry=r)
+        self.cost = Gauge("elo_controller_cost_usd_per_hour", "Cost of the planned fleet.", registry=r)
+        self.ticks = Counter("elo_controller_ticks", "Controller ticks.", registry=r)
+        self.errors = Counter("elo_controller_errors", "Failed observe/act steps.", ["step"], registry=r)
+
+
+class Controller:
+    """Runs the configured policy (wrapped in guardrails) against real or fake adapters."""
+
+    def __init__(
+        self,
+        policy_file: PolicyFile,
+        metrics: MetricsSource,
+        scaler: Scaler,
+        backend: Backend,
+        routing: RoutingSink,
+        clock: Callable[[], float],
+        state_store: StateStore | None = None,
+        decisions: DecisionLog | None = None,
+        gauges: ControllerGauges | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        policy: Policy | None = None,
+    ):
+        self.policy_file = policy_file
+        self.policy = policy or build_policy(policy_file)
+        self.metrics, self.scaler, self.backend, self.routing = metrics, scaler, backend, routing
+        self.clock, self.wall_clock = clock, wall_clock
+        self.state_store, self.decisions = state_store, decisions
+        self.gauges = gauges or ControllerGauges()
+        self.state = state_store.load() if state_store else PolicyState()
+        self._pushed_preference: dict[str, str] | None = None
+        self._last_logged_reason: str | None = None
+        self.last_plan: ScalePlan | None = None
+
+    def reload(self, policy_file: PolicyFile) -> None:
+        """Swap in a new, already validated policy file; the state (timers, averages) carries over."""
+        self.policy = build_policy(policy_file)
+        self.policy_file = policy_file
+
+    def cost_usd_per_hour(self, plan: ScalePlan) -> float:
+        pools = self.policy_file.pools
+        return sum(t.replicas * pools[p].cost_per_hour_usd for p, t in plan.targets.items() if p in pools)
+
+    def tick(self) -> ScalePlan | None:
+        """One observe -> decide -> act round. Returns the plan, or None when observing failed."""
+        now = self.clock()
+        self.gauges.ticks.inc()
+        try:
+            snapshot = self.metrics.snapshot(now)
+        except Exception as e:  # no data, no decision: hold everything
+            self.gauges.errors.labels("observe").inc()
+            log.warning("controller: cannot observe the pools (%s); holding", e)
+            return None
+        plan, self.state = self.policy(snapshot, self.state, now)
+        errors = self._act(plan, snapshot)
+        if self.state_store:
+            self.state_store.save(self.state)
+        self._export(plan, snapshot)
+        if self.decisions and (not plan.is_hold(snapshot) or errors or plan.reason != self._last_logged_reason):
+            self.decisions.append(decision_record(now, self.wall_clock(), plan, snapshot,
+                                                  self.cost_usd_per_hour(plan), errors))
+            self._last_logged_reason = plan.reason
+        self.last_plan = plan
+        return plan
+
+    def _act(self, plan: ScalePlan, snapshot: ClusterSnapshot) -> list[str]:
+        """Nodes before replicas when growing; replicas before nodes when shrinking (the backend removes
+        a node only once no replica is left on it). Every call is idempotent, so a failed step is simply
+        retried at the next tick."""
+        errors: list[str] = []
+
+        def attempt(step: str, fn: Callable[[], None]) -> None:
+            try:
+                fn()
+            except Exception as e:
+                self.gauges.errors.labels(step).inc()
+                errors.append(f"{step}: {e}")
+                log.warning("controller: %s failed: %s", step, e)
+
+        for pool, target in plan.targets.items():
+            seen = snapshot.pools.get(pool)
+            growing = seen is None or target.replicas >= seen.replicas
+            resize = lambda p=pool, n=target.nodes: self.backend.resize(p, n)  # noqa: E731
+            scale = lambda p=pool, n=target.replicas: self.scaler.set_replicas(p, n)  # noqa: E731
+            steps = [("resize " + pool, resize), ("scale " + pool, scale)]
+            for step, fn in steps if growing else reversed(steps):
+                attempt(step, fn)
+        prefs = dict(plan.preferred_pool_by_class)
+        if prefs and prefs != self._pushed_preference:
+            attempt("routing", lambda: self.routing.set_preference(prefs))
+            if not any(e.startswith("routing") for e in errors):
+                self._pushed_preference = prefs
+        return errors
+
+    def _export(self, plan: ScalePlan, snapshot: ClusterSnapshot) -> None:
+        g = self.gauges
+        for pool, target in plan.targets.items():
+            g.desired_replicas.labels(pool).set(target.replicas)
+            g.desired_nodes.labels(pool).set(target.nodes)
+        for pool, seen in snapshot.pools.items():
+            g.actual_replicas.labels(pool).set(seen.replicas)
+            g.actual_nodes.labels(pool).set(seen.nodes)
+            g.queue.labels(pool).set(seen.queued_requests)
+        g.cost.set(self.cost_usd_per_hour(plan))
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick every `tick_interval_s` until `stop` is set; a failing tick is logged, never fatal."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                self.gauges.errors.labels("tick").inc()
+                log.exception("controller tick failed")
+            stop.wait(self.policy_file.tick_interval_s)
