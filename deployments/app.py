@@ -54,12 +54,12 @@ def build_app(config: AppConfig, model: ResolvedModel | None = None) -> Applicat
         )
         if pool.engine == "vllm":
             pools[name] = VLLMReplica.options(**options).bind(
-                model.path, config.model.dtype, model.max_model_len, pool.engine_args
+                model.path, config.model.dtype, model.max_model_len, pool.engine_args, pool.stream_interval_ms
             )
         else:
             pools[name] = CPUReplica.options(**options).bind(
                 model.path, config.model.dtype, model.max_model_len,
-                pool.quantization, pool.max_batch_size, pool.num_threads,
+                pool.quantization, pool.max_batch_size, pool.num_threads, pool.stream_interval_ms,
             )
     return Router.options(name="router", ray_actor_options={"num_cpus": 0}).bind(
         config.model_dump(mode="json"), model.path, model.max_model_len, pools,

@@ -62,6 +62,9 @@ class PoolConfig(_Strict):
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0}, description="Ray actor options of each replica."
     )
+    stream_interval_ms: float = Field(
+        30.0, ge=0, description="Stream at most one merged delta per this many ms after the first token (0: per token)."
+    )
     health_check_period_s: float = Field(5.0, gt=0)
 
 

