@@ -39,11 +39,24 @@ def run(
     port: int = typer.Option(8000, help="Port of the endpoint."),
     cache_dir: Path | None = typer.Option(None, help="Where the demo model is built (default ~/.cache/elo)."),
     ready_timeout_s: float = typer.Option(600, help="Give up if replicas are not ready by then."),
+    policy: Path | None = typer.Option(None, "--policy", "-p", help="Scaling policy YAML (default: the shipped one)."),
+    controller: bool = typer.Option(True, help="Run the autoscaling controller on elastic local pools."),
 ) -> None:
-    """Start the embedded default: local Ray, the demo model, one cloud (vLLM) and one edge (CPU) replica."""
+    """Start the embedded default: local Ray, the demo model, one cloud (vLLM) and one edge (CPU) replica,
+    and the autoscaling controller resizing both pools (extra local Ray nodes)."""
+    from orchestrator.control.config import PolicyFile, load_policy_file
     from orchestrator.run import Endpoint, run_forever
 
-    run_forever(_load_config(config), Endpoint(host, port), cache_dir, ready_timeout_s)
+    app_config = _load_config(config)
+    policy_file = None
+    if controller:
+        try:
+            policy_file = load_policy_file(policy) if policy else PolicyFile.default()
+        except ConfigError as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from e
+    run_forever(app_config, Endpoint(host, port), cache_dir, ready_timeout_s, policy_file, policy,
+                default_state_dir())
 
 
 @app.command()

@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
@@ -16,6 +17,10 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from deployments.config import AppConfig
+
+if TYPE_CHECKING:
+    from orchestrator.control.config import PolicyFile
+    from orchestrator.elastic import ElasticRuntime
 
 console = Console()
 
@@ -72,8 +77,14 @@ def wait_until_ready(
     raise TimeoutError(f"replicas not ready after {timeout_s:.0f} s: {state}")
 
 
-def start(config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None) -> None:
-    """Start Ray and Serve and deploy the app; returns once it is deployed (not necessarily ready)."""
+def start(
+    config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, policy: PolicyFile | None = None,
+    state_dir: Path | None = None,
+) -> ElasticRuntime | None:
+    """Start Ray and Serve and deploy the app; returns once it is deployed (not necessarily ready).
+
+    With a policy, the cluster is elastic: each pool is a set of extra local Ray nodes and a controller
+    (started later, see `run_forever`) resizes them; without one, a plain local Ray instance."""
     import ray
     from ray import serve
 
@@ -83,24 +94,49 @@ def start(config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None) 
         build_model_with_progress(cache_dir)  # resolve_model below then finds the finished build
     model = resolve_model(config.model, cache_dir)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    runtime = None
     with console.status("Starting a local Ray cluster and Ray Serve..."):
-        ray.init(include_dashboard=True, logging_level="WARNING", log_to_driver=False)
+        if policy is None:
+            ray.init(include_dashboard=True, logging_level="WARNING", log_to_driver=False)
+        else:
+            from orchestrator.control.adapters.serve_scaler import ServeScaler
+            from orchestrator.elastic import (
+                ElasticRuntime,
+                build_controller,
+                check_pools_match,
+                pin_pools_to_nodes,
+                start_cluster,
+            )
+
+            check_pools_match(config, policy, None)
+            cluster, backend, dashboard = start_cluster(config, policy)
+            config = pin_pools_to_nodes(config)
         serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
-        serve.run(build_app(config, model), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(build_app(config, model), name=APP_NAME, route_prefix="/", blocking=False,
+                  external_scaler_enabled=policy is not None)
+        if policy is not None:
+            scaler = ServeScaler(dashboard)
+            controller = build_controller(policy, endpoint.base_url, scaler, backend, state_dir or Path("."))
+            runtime = ElasticRuntime(cluster, backend, scaler, controller)
+    return runtime
 
 
-def stop() -> None:
+def stop(runtime: ElasticRuntime | None = None) -> None:
     import ray
     from ray import serve
 
-    with console.status("Shutting down Serve and Ray..."):
+    with console.status("Shutting down the controller, Serve and Ray..."):
         try:
+            if runtime is not None:
+                runtime.stop()
             serve.shutdown()
         finally:
             ray.shutdown()
+            if runtime is not None:
+                runtime.cluster.shutdown()
 
 
-def print_welcome(config: AppConfig, endpoint: Endpoint) -> None:
+def print_welcome(config: AppConfig, endpoint: Endpoint, controller: bool = False) -> None:
     url = endpoint.base_url
     name = config.model.served_name
     pools = ", ".join(f"{p} ({c.engine}, {c.replicas} replica{'s' if c.replicas != 1 else ''})" for p, c in config.pools.items())
@@ -116,26 +152,36 @@ def print_welcome(config: AppConfig, endpoint: Endpoint) -> None:
           f"\"content\": \"What are you?\"}}], max_tokens=48, temperature=0)")
     print("print(r.choices[0].message.content)\n")
     print("Header 'x-slo-class: batch' prefers the edge pool; the 'x-elo-pool' response header names the pool that served.")
+    if controller:
+        print("The autoscaling controller is running: watch it with `elo status --watch 2` while you send load, "
+              "e.g. `elo bench serve -n 200 -c 24`.")
     print(f"Metrics: {url}/metrics   Pool state: {url}/elo/pools   Stop: Ctrl-C", flush=True)
 
 
-def run_forever(config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, ready_timeout_s: float = 600) -> None:
-    """The `elo run` job: start, wait for readiness, print how to call it, stop cleanly on Ctrl-C/SIGTERM."""
+def run_forever(
+    config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, ready_timeout_s: float = 600,
+    policy: PolicyFile | None = None, policy_path: Path | None = None, state_dir: Path | None = None,
+) -> None:
+    """The `elo run` job: start, wait for readiness, start the controller, print how to call the endpoint,
+    stop cleanly on Ctrl-C/SIGTERM."""
     stopped = threading.Event()
+    runtime = None
     try:
-        start(config, endpoint, cache_dir)
+        runtime = start(config, endpoint, cache_dir, policy, state_dir)
         # After ray.init, which installs its own SIGTERM handler: both signals end the job cleanly.
         # SIGINT is set explicitly because a shell starting us in the background may have ignored it.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, _: stopped.set())
         wait_until_ready(endpoint, [p for p, c in config.pools.items() if c.replicas > 0], ready_timeout_s, stopped)
+        if runtime is not None and not stopped.is_set():
+            runtime.start_controller(policy_path)
         if not stopped.is_set():
-            print_welcome(config, endpoint)
+            print_welcome(config, endpoint, controller=runtime is not None)
         while not stopped.wait(1.0):
             pass
         console.print("\nStopping.")
     except KeyboardInterrupt:
         console.print("\nCtrl-C received.")
     finally:
-        stop()
+        stop(runtime)
         console.print("Stopped cleanly.")

@@ -65,7 +65,8 @@ def served_app(demo_model_path: Path) -> Iterator[ServedApp]:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     port = _free_port()
-    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    # address="local": a fresh instance, never a running `elo run` cluster found through /tmp/ray.
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(TEST_CONFIG, resolve_model(TEST_CONFIG.model)), name=APP_NAME, route_prefix="/",

@@ -1,0 +1,116 @@
+"""The embedded elastic runtime: a local Ray cluster whose pools are extra nodes, and the controller driving them."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployments.config import AppConfig
+from orchestrator.control.adapters.local_backend import LocalPoolBackend, LocalPoolSpec, pool_resource
+from orchestrator.control.adapters.router import ObservedMetrics, RouterClient
+from orchestrator.control.adapters.serve_scaler import ServeScaler
+from orchestrator.control.config import ConfigError, PolicyFile, load_policy_file
+from orchestrator.control.journal import DecisionLog, StateStore
+from orchestrator.control.loop import Controller
+
+log = logging.getLogger(__name__)
+
+
+def pin_pools_to_nodes(config: AppConfig) -> AppConfig:
+    """Each replica asks for one unit of its pool's node resource, so it lands only on that pool's nodes."""
+    pools = {}
+    for name, pool in config.pools.items():
+        options: dict[str, Any] = dict(pool.ray_actor_options)
+        options["resources"] = {**options.get("resources", {}), pool_resource(name): 1}
+        pools[name] = pool.model_copy(update={"ray_actor_options": options})
+    return config.model_copy(update={"pools": pools})
+
+
+def check_pools_match(config: AppConfig, policy: PolicyFile, policy_path: Path | None) -> None:
+    if set(config.pools) != set(policy.pools):
+        where = policy_path or "the default policy"
+        raise ConfigError(f"{where}: pools {sorted(policy.pools)} differ from the app's pools {sorted(config.pools)}")
+
+
+@dataclass
+class ElasticRuntime:
+    """What `elo run` starts in elastic mode, so it can stop it again."""
+
+    cluster: Any
+    backend: LocalPoolBackend
+    scaler: ServeScaler
+    controller: Controller
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start_controller(self, policy_path: Path | None, reload_every_s: float = 2.0) -> None:
+        self.threads.append(threading.Thread(target=self.controller.run, args=(self.stop_event,),
+                                             name="elo-controller", daemon=True))
+        if policy_path is not None:
+            self.threads.append(threading.Thread(target=self._watch_policy, args=(policy_path, reload_every_s),
+                                                 name="elo-policy-reload", daemon=True))
+        for t in self.threads:
+            t.start()
+
+    def _watch_policy(self, path: Path, every_s: float) -> None:
+        """Hot reload: a changed file that validates replaces the policy; a bad one is rejected, the last good
+        one keeps running."""
+        seen = path.stat().st_mtime_ns
+        while not self.stop_event.wait(every_s):
+            try:
+                mtime = path.stat().st_mtime_ns
+                if mtime == seen:
+                    continue
+                seen = mtime
+                self.controller.reload(load_policy_file(path))
+                log.warning("policy reloaded from %s", path)
+            except (ConfigError, OSError) as e:
+                log.error("policy change rejected, keeping the last good policy: %s", e)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=10)
+        self.scaler.close()
+
+
+def start_cluster(config: AppConfig, policy: PolicyFile, dashboard_port: int = 8265) -> tuple[Any, LocalPoolBackend, str]:
+    """Start a head node (dashboard on) and the pools' initial nodes; connect this process as the driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    # shutdown_at_exit=False: nodes are added from the controller thread, and Ray would otherwise install a
+    # signal handler per node, which only the main thread may do. `elo run` shuts the cluster down itself.
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    specs = {name: LocalPoolSpec(replicas_per_node=p.replicas_per_node, num_cpus=1, max_nodes=math.ceil(
+        p.max_replicas / p.replicas_per_node)) for name, p in policy.pools.items()}
+    backend = LocalPoolBackend(cluster, specs, clock=time.monotonic)
+    for name, pool in config.pools.items():
+        backend.resize(name, math.ceil(pool.replicas / specs[name].replicas_per_node))
+    return cluster, backend, dashboard
+
+
+def build_controller(policy: PolicyFile, router_url: str, scaler: ServeScaler, backend: LocalPoolBackend,
+                     state_dir: Path) -> Controller:
+    router = RouterClient(router_url)
+    return Controller(
+        policy,
+        ObservedMetrics(router, scaler, backend, list(policy.pools), clock=time.monotonic),
+        scaler, backend, router,
+        clock=time.monotonic,
+        state_store=StateStore(state_dir / "policy-state.json"),
+        decisions=DecisionLog(state_dir / "decisions.jsonl"),
+        wall_clock=time.time,
+    )
+
+
+def load_policy(path: Path | None) -> PolicyFile:
+    return load_policy_file(path) if path is not None else PolicyFile.default()
