@@ -20,6 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 APP = "elo-test"
@@ -35,7 +37,10 @@ def free_port() -> int:
 def wait_until(what: str, fn: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.25) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
-        value = fn()
+        try:
+            value = fn()
+        except (httpx.HTTPError, ValueError):  # the dashboard answers errors or non-JSON while it starts
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -74,7 +79,6 @@ def build_app():
 
 
 def main(out_path: str) -> int:
-    import httpx
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
