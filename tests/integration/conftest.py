@@ -95,3 +95,9 @@ def tokenizer(demo_model_path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(demo_model_path))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run tests that do not need the shared Serve app first, so its replicas (vLLM polls the CPU even when
+    idle) do not compete with tests that start their own Ray cluster."""
+    items.sort(key=lambda item: "served_app" in getattr(item, "fixturenames", ()))

@@ -105,7 +105,7 @@ def main(out_path: str) -> int:
         serve.run_many([serve.RunTarget(build_app(), name=APP, route_prefix="/", external_scaler_enabled=True)],
                        wait_for_applications_running=False)
         dashboard = f"http://127.0.0.1:{dash_port}"
-        wait_until("the Serve REST API", lambda: httpx.get(f"{dashboard}/api/serve/applications/", timeout=10)
+        wait_until("the Serve REST API", timeout_s=180, fn=lambda: httpx.get(f"{dashboard}/api/serve/applications/", timeout=10)
                    .json().get("applications", {}).get(APP))
         head_id = cluster.head_node.node_id
 

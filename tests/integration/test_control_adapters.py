@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 SCENARIO = Path(__file__).with_name("control_adapters_scenario.py")
 REPO = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 150
+TIMEOUT_S = 300
 
 
 class Scenario:
