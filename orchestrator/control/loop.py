@@ -67,6 +67,7 @@ class Controller:
         gauges: ControllerGauges | None = None,
         wall_clock: Callable[[], float] = time.time,
         policy: Policy | None = None,
+        hold_log_every_s: float = 60.0,
     ):
         self.policy_file = policy_file
         self.policy = policy or build_policy(policy_file)
@@ -76,8 +77,9 @@ class Controller:
         self.gauges = gauges or ControllerGauges()
         self.state = state_store.load() if state_store else PolicyState()
         self._pushed_preference: dict[str, str] | None = None
-        self._last_logged_reason: str | None = None
+        self._last_hold_logged_s: float | None = None
         self.last_plan: ScalePlan | None = None
+        self.hold_log_every_s = hold_log_every_s
 
     def reload(self, policy_file: PolicyFile) -> None:
         """Swap in a new, already validated policy file; the state (timers, averages) carries over."""
@@ -103,10 +105,12 @@ class Controller:
         if self.state_store:
             self.state_store.save(self.state)
         self._export(plan, snapshot)
-        if self.decisions and (not plan.is_hold(snapshot) or errors or plan.reason != self._last_logged_reason):
+        # Changes and errors are always logged; a hold at most once per `hold_log_every_s`.
+        hold_due = self._last_hold_logged_s is None or now - self._last_hold_logged_s >= self.hold_log_every_s
+        if self.decisions and (not plan.is_hold(snapshot) or errors or hold_due):
             self.decisions.append(decision_record(now, self.wall_clock(), plan, snapshot,
                                                   self.cost_usd_per_hour(plan), errors))
-            self._last_logged_reason = plan.reason
+            self._last_hold_logged_s = now
         self.last_plan = plan
         return plan
 
