@@ -57,9 +57,6 @@ class VLLMReplica:
                 raise RuntimeError(f"vLLM ended request {req.request_id} with {finish!r}")
             yield GenerationDelta(step.text, generated, finish)  # type: ignore[arg-type]
 
-    async def stats(self) -> dict[str, Any]:
-        return {"engine": "vllm"}
-
     async def check_health(self) -> None:
         await self.engine.check_health()
 
@@ -98,12 +95,3 @@ class CPUReplica:
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         async for delta in coalesce(self.engine.generate(req), self.stream_interval_s):
             yield delta
-
-    async def stats(self) -> dict[str, Any]:
-        return {
-            "engine": "transformers",
-            "quantization": self.quantization,
-            "running": self.engine.running,
-            "waiting": self.engine.waiting,
-            "decode_steps": self.engine.steps,
-        }

@@ -111,6 +111,3 @@ def build_controller(policy: PolicyFile, router_url: str, scaler: ServeScaler, b
         wall_clock=time.time,
     )
 
-
-def load_policy(path: Path | None) -> PolicyFile:
-    return load_policy_file(path) if path is not None else PolicyFile.default()
