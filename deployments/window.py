@@ -27,18 +27,23 @@ class PoolWindow:
     tokens: deque[tuple[float, int]] = field(default_factory=deque)
     rejections: deque[float] = field(default_factory=deque)
 
+    # Every record trims too, so the window stays bounded even when nobody reads the summary.
     def rejected(self, now: float) -> None:
         self.rejections.append(now)
+        self._trim(now)
 
     def arrived(self, now: float) -> None:
         self.arrivals.append(now)
+        self._trim(now)
 
     def first_token(self, now: float, ttft_s: float) -> None:
         self.ttfts.append((now, ttft_s))
+        self._trim(now)
 
     def finished(self, now: float, latency_s: float, output_tokens: int) -> None:
         self.latencies.append((now, latency_s))
         self.tokens.append((now, output_tokens))
+        self._trim(now)
 
     def _trim(self, now: float) -> None:
         start = now - self.window_s

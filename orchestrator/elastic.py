@@ -31,10 +31,9 @@ def pin_pools_to_nodes(config: AppConfig) -> AppConfig:
     return config.model_copy(update={"pools": pools})
 
 
-def check_pools_match(config: AppConfig, policy: PolicyFile, policy_path: Path | None) -> None:
+def check_pools_match(config: AppConfig, policy: PolicyFile) -> None:
     if set(config.pools) != set(policy.pools):
-        where = policy_path or "the default policy"
-        raise ConfigError(f"{where}: pools {sorted(policy.pools)} differ from the app's pools {sorted(config.pools)}")
+        raise ConfigError(f"the policy's pools {sorted(policy.pools)} differ from the app's pools {sorted(config.pools)}")
 
 
 @dataclass

@@ -108,7 +108,7 @@ def start(
                 start_cluster,
             )
 
-            check_pools_match(config, policy, None)
+            check_pools_match(config, policy)
             cluster, backend, dashboard = start_cluster(config, policy)
             config = pin_pools_to_nodes(config)
         serve.start(http_options={"host": endpoint.host, "port": endpoint.port})

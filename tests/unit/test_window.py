@@ -31,3 +31,11 @@ def test_rejections_are_counted_apart_from_arrivals():
     w.rejected(2.0)
     s = w.summary(now=3.0)
     assert s["rejected_rate_rps"] == 0.4 and s["arrival_rate_rps"] == 0.0
+
+
+def test_window_stays_bounded_when_nobody_reads_it():
+    w = PoolWindow(window_s=10)
+    for t in range(10_000):
+        w.arrived(float(t))
+        w.finished(float(t), 1.0, 4)
+    assert len(w.arrivals) <= 11 and len(w.latencies) <= 11 and len(w.tokens) <= 11
