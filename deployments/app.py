@@ -47,7 +47,9 @@ def build_app(config: AppConfig, model: ResolvedModel | None = None) -> Applicat
     for name, pool in config.pools.items():
         options = dict(
             name=pool_deployment_name(name),
-            num_replicas=pool.replicas,
+            # Serve cannot deploy zero replicas; a pool that starts at zero is deployed with one and scaled
+            # to zero by the controller's actuator right away (orchestrator.elastic.apply_initial_replicas).
+            num_replicas=max(1, pool.replicas),
             max_ongoing_requests=pool.max_ongoing_requests,
             ray_actor_options=pool.ray_actor_options,
             health_check_period_s=pool.health_check_period_s,
@@ -61,7 +63,7 @@ def build_app(config: AppConfig, model: ResolvedModel | None = None) -> Applicat
                 model.path, config.model.dtype, model.max_model_len,
                 pool.quantization, pool.max_batch_size, pool.num_threads, pool.stream_interval_ms,
             )
-    return Router.options(name="router", ray_actor_options={"num_cpus": 0}).bind(
+    return Router.options(name="router", ray_actor_options=config.router.ray_actor_options).bind(
         config.model_dump(mode="json"), model.path, model.max_model_len, pools,
         {name: pool_deployment_name(name) for name in config.pools},
     )

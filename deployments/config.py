@@ -77,7 +77,22 @@ class RouterConfig(_Strict):
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429/503.")
     request_timeout_s: float = Field(600.0, gt=0, description="Upper bound on one request's life.")
     readiness_poll_s: float = Field(1.0, gt=0, description="How often the router refreshes replica readiness.")
+    cold_start_wait_s: float = Field(
+        180.0, ge=0,
+        description="A request no ready replica can take waits up to this long for starting replicas (cold start) "
+        "instead of getting 429/503 at once; 0 disables waiting.",
+    )
+    max_waiting_at_zero: int = Field(
+        64, ge=0,
+        description="Requests that may wait for a pool with no replica at all (scaled to zero); they are the demand "
+        "the controller scales it up for.",
+    )
     metrics_window_s: float = Field(30.0, gt=0, description="Window of the load statistics the controller reads.")
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0},
+        description="Ray actor options of the router replica; elastic clusters pin it to the head node "
+        "(resource elo-head) so that no pool node hosts it and every pool node can be drained.",
+    )
 
 
 class AppConfig(_Strict):

@@ -41,20 +41,43 @@ class Dispatcher:
         self.on_retry = on_retry
         self.in_flight = {name: 0 for name in config.pools}
         self.ready = {name: 0 for name in config.pools}
+        self.starting = {name: 0 for name in config.pools}
+        self.waiting = {name: 0 for name in config.pools}  # requests held until the pool has room (cold start)
+        self._room = asyncio.Event()  # set (and replaced) whenever room may have appeared
 
     def views(self) -> dict[str, PoolView]:
         return {
             name: PoolView(name, self.ready[name], self.in_flight[name], cfg.max_ongoing_requests,
-                           cfg.max_queued_requests, cfg.eligibility)
+                           cfg.max_queued_requests, cfg.eligibility, self.starting[name], self.waiting[name],
+                           self.config.router.max_waiting_at_zero)
             for name, cfg in self.config.pools.items()
         }
 
-    def set_ready(self, ready: Mapping[str, int]) -> None:
+    def set_ready(self, ready: Mapping[str, int], starting: Mapping[str, int] | None = None) -> None:
         self.ready.update({p: n for p, n in ready.items() if p in self.ready})
+        self.starting.update({p: n for p, n in (starting or {}).items() if p in self.starting})
+        self._wake()
 
     def release(self, pool: str) -> None:
         self.in_flight[pool] -= 1
         self.on_change(pool, self.in_flight[pool])
+        self._wake()
+
+    def _wake(self) -> None:
+        self._room.set()
+        self._room = asyncio.Event()
+
+    async def _wait_for_room(self, pool: str, timeout_s: float) -> None:
+        """Hold one request for ``pool`` until readiness or in-flight counts change (or ``timeout_s``)."""
+        room = self._room
+        self.waiting[pool] += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                await room.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.waiting[pool] -= 1
 
     async def open(
         self, gen: GenerationRequest, features: RequestFeatures, order: list[str], first_token_timeout_s: float
@@ -66,11 +89,7 @@ class Dispatcher:
         for attempt in (1, 2):
             if failed is not None:
                 order = [p for p in order if p != failed] + [failed]
-            decision = choose_pool(features, self.views(), order)
-            if decision.outcome is not Outcome.ROUTE:
-                raise refusal(decision.outcome, decision.reason, self.config.router.retry_after_s)
-            pool = decision.pool
-            assert pool is not None
+            pool = await self._place(features, order)
             self.in_flight[pool] += 1
             self.on_change(pool, self.in_flight[pool])
             stream = self.send(pool, gen)
@@ -90,6 +109,29 @@ class Dispatcher:
                                code="replica_failed", headers=retry_after(self.config.router.retry_after_s)) from e
             return pool, first, stream
         raise AssertionError("unreachable")
+
+    async def _place(self, features: RequestFeatures, order: list[str]) -> str:
+        """The pool the request goes to; while the routing policy says WAIT, hold it (up to
+        ``cold_start_wait_s``) and ask again each time room may have appeared."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.router.cold_start_wait_s
+        while True:
+            decision = choose_pool(features, self.views(), order)
+            if decision.outcome is Outcome.ROUTE:
+                assert decision.pool is not None
+                return decision.pool
+            remaining = deadline - loop.time()
+            if decision.outcome is not Outcome.WAIT or remaining <= 0:
+                outcome = decision.outcome
+                if outcome is Outcome.WAIT:  # waited long enough: busy if something serves, else unavailable
+                    serving = any(v.ready_replicas > 0 and v.accepts(features) for v in self.views().values())
+                    outcome = Outcome.BUSY if serving else Outcome.UNAVAILABLE
+                    reason = f"waited {self.config.router.cold_start_wait_s:.0f}s: {decision.reason}"
+                else:
+                    reason = decision.reason
+                raise refusal(outcome, reason, self.config.router.retry_after_s)
+            assert decision.pool is not None
+            await self._wait_for_room(decision.pool, remaining)
 
 
 def retry_after(seconds: int) -> dict[str, str]:

@@ -37,6 +37,8 @@ from deployments.window import PoolWindow
 log = logging.getLogger("ray.serve")
 
 POOL_HEADER = "x-elo-pool"
+# Serve replica states of a replica that is on its way to serving (RUNNING is ready).
+_STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING")
 
 app = FastAPI(title="Elastic LLM Orchestrator", description="OpenAI-compatible endpoint over cloud and edge pools.")
 
@@ -113,12 +115,13 @@ class Router:
             try:
                 status = await asyncio.to_thread(serve.status)
                 deps = status.applications[app_name].deployments
-                ready = {}
+                ready, starting = {}, {}
                 for pool, dep in self.pool_deployments.items():
                     states = deps[dep].replica_states if dep in deps else {}
                     ready[pool] = int(states.get("RUNNING", 0))
+                    starting[pool] = sum(int(states.get(s, 0)) for s in _STARTING_STATES)
                     self.metrics.ready.labels(pool).set(ready[pool])
-                self.dispatch.set_ready(ready)
+                self.dispatch.set_ready(ready, starting)
             except Exception:  # the controller may be restarting: keep the last known readiness
                 log.warning("could not read Serve status; keeping last readiness", exc_info=True)
             await asyncio.sleep(self.config.router.readiness_poll_s)
@@ -138,9 +141,11 @@ class Router:
     def _pool_state(self) -> dict[str, Any]:
         now = self.clock()
         return {
-            n: {"ready_replicas": v.ready_replicas, "in_flight": v.in_flight, "slots": v.slots,
-                "queue_limit": v.queue_limit, "running": min(v.in_flight, v.slots),
-                "queued": max(0, v.in_flight - v.slots), **self.windows[n].summary(now)}
+            n: {"ready_replicas": v.ready_replicas, "starting_replicas": v.starting_replicas,
+                "in_flight": v.in_flight, "slots": v.slots, "queue_limit": v.queue_limit,
+                "running": min(v.in_flight, v.slots), "waiting": v.waiting,
+                # Held for a cold start or queued at a replica: both wait for capacity of this pool.
+                "queued": max(0, v.in_flight - v.slots) + v.waiting, **self.windows[n].summary(now)}
             for n, v in self.dispatch.views().items()
         }
 

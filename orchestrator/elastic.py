@@ -11,24 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from deployments.config import AppConfig
-from orchestrator.control.adapters.local_backend import LocalPoolBackend, LocalPoolSpec, pool_resource
+from orchestrator.control.adapters.local_backend import HEAD_RESOURCE, LocalPoolBackend, LocalPoolSpec, pool_resource
 from orchestrator.control.adapters.router import ObservedMetrics, RouterClient
 from orchestrator.control.adapters.serve_scaler import ServeScaler
-from orchestrator.control.config import ConfigError, PolicyFile, load_policy_file
+from orchestrator.control.config import ConfigError, PolicyFile
+from orchestrator.control.errors import NotFoundError, TransientError
 from orchestrator.control.journal import DecisionLog, StateStore
 from orchestrator.control.loop import Controller
+from orchestrator.control.policy_reload import watch_policy_file
 
 log = logging.getLogger(__name__)
 
 
 def pin_pools_to_nodes(config: AppConfig) -> AppConfig:
-    """Each replica asks for one unit of its pool's node resource, so it lands only on that pool's nodes."""
+    """Each replica asks for one unit of its pool's node resource, so it lands only on that pool's nodes; the
+    router asks for a sliver of the head's resource, so no pool node hosts it (it could never be drained)."""
     pools = {}
     for name, pool in config.pools.items():
         options: dict[str, Any] = dict(pool.ray_actor_options)
         options["resources"] = {**options.get("resources", {}), pool_resource(name): 1}
         pools[name] = pool.model_copy(update={"ray_actor_options": options})
-    return config.model_copy(update={"pools": pools})
+    router_options = dict(config.router.ray_actor_options)
+    router_options["resources"] = {**router_options.get("resources", {}), HEAD_RESOURCE: 0.001}
+    router = config.router.model_copy(update={"ray_actor_options": router_options})
+    return config.model_copy(update={"pools": pools, "router": router})
 
 
 def check_pools_match(config: AppConfig, policy: PolicyFile) -> None:
@@ -59,17 +65,7 @@ class ElasticRuntime:
     def _watch_policy(self, path: Path, every_s: float) -> None:
         """Hot reload: a changed file that validates replaces the policy; a bad one is rejected, the last good
         one keeps running."""
-        seen = path.stat().st_mtime_ns
-        while not self.stop_event.wait(every_s):
-            try:
-                mtime = path.stat().st_mtime_ns
-                if mtime == seen:
-                    continue
-                seen = mtime
-                self.controller.reload(load_policy_file(path))
-                log.warning("policy reloaded from %s", path)
-            except (ConfigError, OSError) as e:
-                log.error("policy change rejected, keeping the last good policy: %s", e)
+        watch_policy_file(path, self.controller.reload, self.stop_event, every_s)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -86,7 +82,7 @@ def start_cluster(config: AppConfig, policy: PolicyFile, dashboard_port: int = 8
     # shutdown_at_exit=False: nodes are added from the controller thread, and Ray would otherwise install a
     # signal handler per node, which only the main thread may do. `elo run` shuts the cluster down itself.
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
+        "num_cpus": 2, "resources": {HEAD_RESOURCE: 1}, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     specs = {name: LocalPoolSpec(replicas_per_node=p.replicas_per_node, num_cpus=1, max_nodes=math.ceil(
@@ -95,6 +91,22 @@ def start_cluster(config: AppConfig, policy: PolicyFile, dashboard_port: int = 8
     for name, pool in config.pools.items():
         backend.resize(name, math.ceil(pool.replicas / specs[name].replicas_per_node))
     return cluster, backend, dashboard
+
+
+def apply_initial_replicas(config: AppConfig, scaler: ServeScaler, timeout_s: float = 120.0,
+                           clock=time.monotonic, sleep=time.sleep) -> None:
+    """Scale the pools configured with ``replicas: 0`` to zero (Serve deploys at least one), retrying while the
+    just-submitted app is not visible in the dashboard yet."""
+    deadline = clock() + timeout_s
+    for pool in [p for p, c in config.pools.items() if c.replicas == 0]:
+        while True:
+            try:
+                scaler.set_replicas(pool, 0)
+                break
+            except (NotFoundError, TransientError) as e:
+                if clock() >= deadline:
+                    raise TimeoutError(f"could not scale pool {pool!r} to its initial 0 replicas: {e}") from e
+                sleep(1.0)
 
 
 def build_controller(policy: PolicyFile, router_url: str, scaler: ServeScaler, backend: LocalPoolBackend,

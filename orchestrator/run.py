@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,7 +80,7 @@ def wait_until_ready(
 
 def start(
     config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, policy: PolicyFile | None = None,
-    state_dir: Path | None = None,
+    state_dir: Path | None = None, dashboard_port: int = 8265,
 ) -> ElasticRuntime | None:
     """Start Ray and Serve and deploy the app; returns once it is deployed (not necessarily ready).
 
@@ -94,31 +95,42 @@ def start(
         build_model_with_progress(cache_dir)  # resolve_model below then finds the finished build
     model = resolve_model(config.model, cache_dir)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    runtime = None
     with console.status("Starting a local Ray cluster and Ray Serve..."):
         if policy is None:
             ray.init(include_dashboard=True, logging_level="WARNING", log_to_driver=False)
-        else:
-            from orchestrator.control.adapters.serve_scaler import ServeScaler
-            from orchestrator.elastic import (
-                ElasticRuntime,
-                build_controller,
-                check_pools_match,
-                pin_pools_to_nodes,
-                start_cluster,
-            )
+            serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
+            serve.run(build_app(config, model), name=APP_NAME, route_prefix="/", blocking=False)
+            return None
+        from orchestrator.control.adapters.serve_scaler import ServeScaler
+        from orchestrator.elastic import (
+            ElasticRuntime,
+            apply_initial_replicas,
+            build_controller,
+            check_pools_match,
+            pin_pools_to_nodes,
+            start_cluster,
+        )
 
-            check_pools_match(config, policy)
-            cluster, backend, dashboard = start_cluster(config, policy)
+        check_pools_match(config, policy)
+        cluster, backend, dashboard = start_cluster(config, policy, dashboard_port)
+        try:
             config = pin_pools_to_nodes(config)
-        serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
-        serve.run(build_app(config, model), name=APP_NAME, route_prefix="/", blocking=False,
-                  external_scaler_enabled=policy is not None)
-        if policy is not None:
             scaler = ServeScaler(dashboard)
+            serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
+            # serve.run returns once every deployment runs, and Serve cannot deploy zero replicas: a pool that
+            # starts at zero is deployed with one (unschedulable: its pool has no node) and scaled to zero
+            # from another thread meanwhile.
+            with ThreadPoolExecutor(1) as executor:
+                zeroed = executor.submit(apply_initial_replicas, config, scaler)
+                serve.run(build_app(config, model), name=APP_NAME, route_prefix="/", blocking=False,
+                          external_scaler_enabled=True)
+                zeroed.result()
             controller = build_controller(policy, endpoint.base_url, scaler, backend, state_dir or Path("."))
-            runtime = ElasticRuntime(cluster, backend, scaler, controller)
-    return runtime
+            return ElasticRuntime(cluster, backend, scaler, controller)
+        except BaseException:  # the caller only stops what start() returned: do not leak the nodes
+            ray.shutdown()
+            cluster.shutdown()
+            raise
 
 
 def stop(runtime: ElasticRuntime | None = None) -> None:
@@ -161,13 +173,14 @@ def print_welcome(config: AppConfig, endpoint: Endpoint, controller: bool = Fals
 def run_forever(
     config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, ready_timeout_s: float = 600,
     policy: PolicyFile | None = None, policy_path: Path | None = None, state_dir: Path | None = None,
+    dashboard_port: int = 8265,
 ) -> None:
     """The `elo run` job: start, wait for readiness, start the controller, print how to call the endpoint,
     stop cleanly on Ctrl-C/SIGTERM."""
     stopped = threading.Event()
     runtime = None
     try:
-        runtime = start(config, endpoint, cache_dir, policy, state_dir)
+        runtime = start(config, endpoint, cache_dir, policy, state_dir, dashboard_port)
         # After ray.init, which installs its own SIGTERM handler: both signals end the job cleanly.
         # SIGINT is set explicitly because a shell starting us in the background may have ignored it.
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -20,13 +20,18 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
-def pools_table(pools: dict[str, dict[str, Any]], targets: dict[str, dict[str, int]] | None) -> Table:
-    t = Table(title="pools (router view)")
-    for col in ("pool", "ready", "target", "busy", "queue", "slots", "req/s", "429/s", "tok/s", "TTFT95", "E2E95"):
+def pools_table(pools: dict[str, dict[str, Any]], targets: dict[str, dict[str, int]] | None,
+                observed: dict[str, dict[str, Any]] | None = None) -> Table:
+    t = Table(title="pools (router view; nodes and target from the controller's last decision)")
+    for col in ("pool", "ready", "starting", "target", "nodes", "busy", "queue", "slots", "req/s", "429/s", "tok/s",
+                "TTFT95", "E2E95"):
         t.add_column(col, justify="left" if col == "pool" else "right")
     for name, p in pools.items():
         target = (targets or {}).get(name, {}).get("replicas")
-        t.add_row(name, _fmt(p.get("ready_replicas")), _fmt(target), _fmt(p.get("in_flight")), _fmt(p.get("queued")),
+        seen = (observed or {}).get(name)
+        nodes = f"{seen['ready_nodes']}+{seen['starting_nodes']}" if seen else None
+        t.add_row(name, _fmt(p.get("ready_replicas")), _fmt(p.get("starting_replicas")), _fmt(target), _fmt(nodes),
+                  _fmt(p.get("in_flight")), _fmt(p.get("queued")),
                   _fmt(p.get("slots")), _fmt(p.get("arrival_rate_rps")), _fmt(p.get("rejected_rate_rps")),
                   _fmt(p.get("output_tokens_per_s")), _fmt(p.get("ttft_p95_s"), "s"), _fmt(p.get("e2e_p95_s"), "s"))
     return t
@@ -54,7 +59,8 @@ def render_status(base_url: str, decisions_path: Path | None, last: int = 8) -> 
     cost = records[-1]["cost_usd_per_hour"] if records else None
     summary = (f"endpoint {base_url}   routing preference: {routing or 'configured default'}   "
                f"planned cost: {_fmt(cost)} $/h")
-    parts: list[Any] = [summary, pools_table(pools, targets)]
+    observed = records[-1].get("observed") if records else None
+    parts: list[Any] = [summary, pools_table(pools, targets, observed)]
     if records:
         parts.append(decisions_table(records))
     elif decisions_path:

@@ -78,6 +78,7 @@ class Controller:
         self.state = state_store.load() if state_store else PolicyState()
         self._pushed_preference: dict[str, str] | None = None
         self._last_hold_logged_s: float | None = None
+        self._logged_sizes: dict[str, tuple[int, int, int, int]] | None = None
         self.last_plan: ScalePlan | None = None
         self.hold_log_every_s = hold_log_every_s
 
@@ -105,9 +106,13 @@ class Controller:
         if self.state_store:
             self.state_store.save(self.state)
         self._export(plan, snapshot)
-        # Changes and errors are always logged; a hold at most once per `hold_log_every_s`.
+        # Changes, errors and a change in what was observed (replicas or nodes becoming ready, starting, gone)
+        # are always logged, so the log is a timeline of the pools; a plain hold at most once per
+        # `hold_log_every_s`.
         hold_due = self._last_hold_logged_s is None or now - self._last_hold_logged_s >= self.hold_log_every_s
-        if self.decisions and (not plan.is_hold(snapshot) or errors or hold_due):
+        sizes = _sizes(snapshot)
+        if self.decisions and (not plan.is_hold(snapshot) or errors or hold_due or sizes != self._logged_sizes):
+            self._logged_sizes = sizes
             self.decisions.append(decision_record(now, self.wall_clock(), plan, snapshot,
                                                   self.cost_usd_per_hour(plan), errors))
             self._last_hold_logged_s = now
@@ -163,3 +168,9 @@ class Controller:
                 self.gauges.errors.labels("tick").inc()
                 log.exception("controller tick failed")
             stop.wait(self.policy_file.tick_interval_s)
+
+
+def _sizes(snapshot: ClusterSnapshot) -> dict[str, tuple[int, int, int, int]]:
+    """Ready/starting replicas and nodes per pool: what a decision-log reader needs to draw the pools over time."""
+    return {n: (p.ready_replicas, p.starting_replicas, p.ready_nodes, p.starting_nodes)
+            for n, p in snapshot.pools.items()}

@@ -143,14 +143,15 @@ def test_decision_log_keeps_changes_and_holds_at_most_once_a_minute(tmp_path: Pa
         c.tick()
         clock.now += 5
     records = DecisionLog(tmp_path / "decisions.jsonl").tail(10)
-    assert len(records) == 1, "the holds right after the change are not logged"
+    assert len(records) == 2, "the change, then the tick that saw the new size; the other holds are not logged"
+    assert records[1]["changes"] == [] and records[1]["observed"]["edge"]["ready_replicas"] == 2
     assert records[0]["changes"] == [{"pool": "edge", "from": {"replicas": 1, "nodes": 1},
                                       "to": {"replicas": 2, "nodes": 2}}]
     assert records[0]["reason"] == "edge at 2" and records[0]["wall_time_s"] == 1_700_000_000.0
     assert records[0]["observed"]["edge"]["ready_replicas"] == 1
     clock.now += 60
     c.tick()
-    assert len(DecisionLog(tmp_path / "decisions.jsonl").tail(10)) == 2, "a hold is logged again after a minute"
+    assert len(DecisionLog(tmp_path / "decisions.jsonl").tail(10)) == 3, "a hold is logged again after a minute"
 
 
 def test_gauges_show_desired_and_actual_size_and_cost():

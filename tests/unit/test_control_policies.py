@@ -151,6 +151,15 @@ def test_edge_slo_violation_scales_cloud_up_and_moves_the_preference_to_cloud():
             "counted for 0.16 of its 0.40 rps") in plans[0].reason
 
 
+def test_an_edge_pool_missing_the_slo_because_of_its_queue_is_grown_not_held():
+    policy, world = build_policy(config(guardrails={"upscale_delay_s": 0})), World(edge=1)
+    queued = {"edge": {"arrival_rate_rps": 1.0, "running_requests": 4, "queued_requests": 4, "ttft_p95_s": 6.0,
+                       "e2e_p95_s": 8.0}}
+    plans, _, _ = run(policy, world, 1, **queued)
+    assert plans[0].targets["edge"].replicas == 2
+    assert "misses SLO (p95 at 300% of it) with 4 queued: too small, not slow" in plans[0].reason
+
+
 def test_cloud_starts_before_the_edge_pool_fills_when_demand_is_rising():
     cfg = config(guardrails={"upscale_delay_s": 0, "cooldown_s": 0})
     policy, world, state = build_policy(cfg), World(edge=3), PolicyState()
@@ -183,6 +192,18 @@ def test_cloud_keeps_capacity_for_requests_it_is_still_serving():
     load = {"cloud": {"running_requests": 12, "arrival_rate_rps": 0.1}, "edge": LIGHT["edge"]}
     plan, _ = policy(world.snapshot(0, **load), PolicyState(), 0)
     assert plan.targets["cloud"].replicas == 2  # 12 in flight / 8 per replica
+
+
+def test_requests_waiting_for_a_cloud_pool_at_zero_start_it_even_when_edge_has_room():
+    # Long prompts only the cloud pool takes: the router holds them (queued for cloud) while cloud is at zero.
+    policy = CostAware(config())
+    world = World(cloud=0, edge=1)
+    load = {"cloud": {"queued_requests": 3}, "edge": LIGHT["edge"]}
+    plan, _ = policy(world.snapshot(0, **load), PolicyState(), 0)
+    assert plan.targets["cloud"].replicas == 1
+    assert "3 waiting for it: start 1 from zero" in plan.reason
+    plan, _ = policy(world.snapshot(0, **LIGHT), PolicyState(), 0)
+    assert plan.targets["cloud"].replicas == 0, "no waiter, light load: cloud stays at zero"
 
 
 # --- guardrails around any policy ----------------------------------------------------------------------------------
@@ -389,7 +410,7 @@ def test_an_injected_registry_adds_policies_without_touching_the_default():
 
 def test_an_unknown_policy_name_says_what_exists():
     with pytest.raises(UnknownPolicyError, match=r"unknown policy 'cost_awar' \(did you mean 'cost_aware'\?\); "
-                                                 r"expected one of cost_aware, queue_target"):
+                                                 r"expected one of cost_aware, kpa, queue_target"):
         resolve_policy("cost_awar")
     with pytest.raises(UnknownPolicyError, match="cannot import module 'nowhere.at_all'"):
         resolve_policy("nowhere.at_all:policy")

@@ -6,13 +6,14 @@ import asyncio
 
 import pytest
 
-from deployments.config import AppConfig, PoolConfig
+from deployments.config import AppConfig, PoolConfig, RouterConfig
 from deployments.dispatch import Dispatcher
 from deployments.protocol import APIError, GenerationDelta, GenerationRequest
 from deployments.routing import RequestFeatures
 
 CONFIG = AppConfig(pools={"cloud": PoolConfig(engine="vllm", max_ongoing_requests=2, max_queued_requests=0),
-                          "edge": PoolConfig(engine="transformers", max_ongoing_requests=1, max_queued_requests=0)})
+                          "edge": PoolConfig(engine="transformers", max_ongoing_requests=1, max_queued_requests=0)},
+                   router=RouterConfig(cold_start_wait_s=0.2, max_waiting_at_zero=2))
 GEN = GenerationRequest("r1", [1, 2, 3], max_tokens=2)
 FEATURES = RequestFeatures(prompt_tokens=3, max_tokens=2)
 
@@ -103,11 +104,65 @@ def test_full_pools_refuse_with_429_and_retry_after_without_calling_a_replica():
     assert pools.calls == []
 
 
-def test_no_ready_replica_is_a_503_not_a_hang():
+def test_no_ready_replica_waits_the_bounded_cold_start_time_then_503_not_a_hang():
     d, pools, _ = dispatcher({}, ready={"cloud": 0, "edge": 0})
     with pytest.raises(APIError) as e:
         open_(d)
-    assert (e.value.status, e.value.code) == (503, "no_ready_replica") and pools.calls == []
+    assert (e.value.status, e.value.code, e.value.headers) == (503, "no_ready_replica", {"Retry-After": "1"})
+    assert "waited 0s" in e.value.message and pools.calls == []
+    assert d.waiting == {"cloud": 0, "edge": 0}, "a request that gave up no longer counts as waiting"
+
+
+def test_with_waiting_disabled_no_ready_replica_is_an_immediate_503():
+    config = CONFIG.model_copy(update={"router": RouterConfig(cold_start_wait_s=0)})
+    d = Dispatcher(config, FakePools({}).send)
+    with pytest.raises(APIError) as e:
+        asyncio.run(d.open(GEN, FEATURES, ["cloud", "edge"], first_token_timeout_s=5))
+    assert e.value.status == 503
+
+
+def test_cold_start_request_waits_for_the_starting_replica_and_is_served_when_it_is_ready():
+    async def scenario():
+        pools = FakePools({})
+        d = Dispatcher(CONFIG.model_copy(update={"router": RouterConfig(cold_start_wait_s=30)}), pools.send)
+        d.set_ready({"cloud": 0, "edge": 0}, starting={"cloud": 1})
+        task = asyncio.create_task(d.open(GEN, FEATURES, ["edge", "cloud"], first_token_timeout_s=5))
+        await asyncio.sleep(0.05)
+        seen_waiting = dict(d.waiting)
+        d.set_ready({"cloud": 1}, starting={"cloud": 0})  # the replica came up
+        pool, first, _ = await asyncio.wait_for(task, 5)
+        return seen_waiting, pool, first, d
+
+    seen_waiting, pool, first, d = asyncio.run(scenario())
+    assert seen_waiting == {"cloud": 1, "edge": 0}, "the held request is visible as waiting for cloud"
+    assert (pool, first.text) == ("cloud", "a")
+    assert d.waiting == {"cloud": 0, "edge": 0} and d.in_flight == {"cloud": 1, "edge": 0}
+
+
+def test_full_edge_and_starting_cloud_holds_the_request_and_a_release_lets_it_in():
+    async def scenario():
+        pools = FakePools({})
+        d = Dispatcher(CONFIG.model_copy(update={"router": RouterConfig(cold_start_wait_s=30)}), pools.send)
+        d.set_ready({"cloud": 0, "edge": 1}, starting={"cloud": 1})
+        d.in_flight["edge"] = 1  # the edge pool is full
+        task = asyncio.create_task(d.open(GEN, FEATURES, ["edge", "cloud"], first_token_timeout_s=5))
+        await asyncio.sleep(0.05)
+        held = not task.done()
+        d.release("edge")  # the edge request finished: room again, before cloud is ready
+        pool, _, _ = await asyncio.wait_for(task, 5)
+        return held, pool
+
+    held, pool = asyncio.run(scenario())
+    assert held and pool == "edge"
+
+
+def test_a_waiter_that_times_out_while_a_pool_serves_gets_429():
+    d, pools, _ = dispatcher({}, ready={"cloud": 0, "edge": 1})
+    d.set_ready({}, starting={"cloud": 1})
+    d.in_flight["edge"] = 1
+    with pytest.raises(APIError) as e:
+        open_(d, order=("edge", "cloud"))
+    assert (e.value.status, e.value.headers["Retry-After"]) == (429, "1") and pools.calls == []
 
 
 def test_a_replica_that_never_answers_times_out_and_is_retried():

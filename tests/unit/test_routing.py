@@ -10,8 +10,9 @@ from deployments.routing import Outcome, PoolView, RequestFeatures, choose_pool,
 SMALL = RequestFeatures(prompt_tokens=20, max_tokens=32)
 
 
-def view(name: str, ready: int = 1, in_flight: int = 0, ongoing: int = 2, queued: int = 1, **elig) -> PoolView:
-    return PoolView(name, ready, in_flight, ongoing, queued, Eligibility(**elig))
+def view(name: str, ready: int = 1, in_flight: int = 0, ongoing: int = 2, queued: int = 1, starting: int = 0,
+         waiting: int = 0, at_zero: int = 0, **elig) -> PoolView:
+    return PoolView(name, ready, in_flight, ongoing, queued, Eligibility(**elig), starting, waiting, at_zero)
 
 
 def pools(*views: PoolView) -> dict[str, PoolView]:
@@ -118,3 +119,46 @@ def test_controller_override_wins_over_configured_preferences():
     assert preferred_pool(cfg, "interactive", {"default": "edge"}) == "edge"
     assert preferred_pool(cfg, "batch", {"batch": "cloud", "default": "edge"}) == "cloud"
     assert preferred_pool(cfg, "batch", {"default": "cloud"}) == "edge", "a configured class keeps its pool"
+
+
+# --- cold start: wait for capacity on its way instead of refusing -------------------------------------------------
+
+
+def test_full_edge_and_starting_cloud_waits_for_cloud_instead_of_429():
+    d = choose_pool(SMALL, pools(view("edge", in_flight=3), view("cloud", ready=0, starting=1)), ["edge", "cloud"])
+    assert (d.outcome, d.pool) == (Outcome.WAIT, "cloud")
+    assert "1 starting" in d.reason
+
+
+def test_a_ready_pool_with_room_is_used_before_waiting_for_a_starting_one():
+    d = choose_pool(SMALL, pools(view("cloud", ready=0, starting=2), view("edge")), ["cloud", "edge"])
+    assert (d.outcome, d.pool) == (Outcome.ROUTE, "edge")
+
+
+def test_wait_room_is_the_queue_room_of_the_starting_replicas():
+    # 2 starting replicas x (2 slots + 1 queued) = 6 requests may wait; the 7th is refused.
+    full_edge = view("edge", in_flight=3)
+    assert choose_pool(SMALL, pools(full_edge, view("cloud", ready=0, starting=2, waiting=5)),
+                       ["edge", "cloud"]).outcome is Outcome.WAIT
+    d = choose_pool(SMALL, pools(full_edge, view("cloud", ready=0, starting=2, waiting=6)), ["edge", "cloud"])
+    assert d.outcome is Outcome.BUSY
+
+
+def test_pool_scaled_to_zero_takes_waiters_up_to_its_limit_and_then_503():
+    zero = {"ready": 0, "starting": 0, "at_zero": 2}
+    d = choose_pool(SMALL, pools(view("cloud", **zero, waiting=1)), ["cloud"])
+    assert (d.outcome, d.pool) == (Outcome.WAIT, "cloud") and "scale from zero" in d.reason
+    d = choose_pool(SMALL, pools(view("cloud", **zero, waiting=2)), ["cloud"])
+    assert d.outcome is Outcome.UNAVAILABLE
+
+
+def test_a_serving_pool_without_starting_replicas_never_waits():
+    d = choose_pool(SMALL, pools(view("cloud", in_flight=3, at_zero=5)), ["cloud"])
+    assert d.outcome is Outcome.BUSY
+
+
+def test_waiting_follows_the_preference_order_and_eligibility():
+    big = RequestFeatures(prompt_tokens=900, max_tokens=32)
+    ps = pools(view("edge", ready=0, starting=1, max_prompt_tokens=768), view("cloud", ready=0, starting=1))
+    assert choose_pool(SMALL, ps, ["edge", "cloud"]).pool == "edge"
+    assert choose_pool(big, ps, ["edge", "cloud"]).pool == "cloud", "edge cannot take the long prompt"

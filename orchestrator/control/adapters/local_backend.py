@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 SERVE_REPLICA_CLASS_PREFIX = "ServeReplica:"  # ActorState.class_name of every Serve replica: "ServeReplica:<app>:<dep>"
 
 
+HEAD_RESOURCE = "elo-head"  # tags the head node: the router asks for a sliver of it, so it never sits on a pool node
+
+
 def pool_resource(pool: str) -> str:
     """The custom resource that tags a pool's nodes; replicas of the pool request 1 unit of it."""
     return f"pool-{pool}"

@@ -77,9 +77,11 @@ class CostAware:
     A cheaper pool that meets the SLO gets demand forecast over its own startup, up to max_replicas x
     edge_fill_fraction of its capacity; the next pool gets the rest forecast over *its* startup — so a GPU pool
     starts early when demand within its startup horizon will exceed the edge pool. A cheaper pool missing the
-    SLO is held (growing it does not fix slow tokens) and counted only for the share it serves within the SLO;
+    SLO with a queue is too small and is grown like one meeting it; one missing it without a queue is held
+    (growing it does not fix slow tokens) and counted only for the share it serves within the SLO;
     the next pool picks up the rest, and the router is told to prefer it. A burst pool no longer needed keeps
-    one warm replica for cloud_idle_to_zero_s, then goes to zero. No pool is planned below its in-flight load.
+    one warm replica for cloud_idle_to_zero_s, then goes to zero. No pool is planned below its in-flight load,
+    and a pool at zero with requests waiting for it (the router holds them through a cold start) is started.
     """
 
     Knobs = CostAwareKnobs
@@ -122,7 +124,10 @@ class CostAware:
             usable_rps = per_replica_rps * (1.0 if name == last else k.edge_fill_fraction)
             horizon_s = _horizon_s(p, pc)
             miss = _slo_miss_ratio(p, slo.ttft_p95_s, slo.e2e_p95_s)
-            if miss <= 1.0 or name == last:  # the last pool is the one of last resort: always sized on demand
+            # A pool with a queue misses the SLO because it is too small (TTFT includes the wait): grow it.
+            # Only a pool missing it without a queue is slow per token, which more replicas do not fix.
+            slow = miss > 1.0 and p.queued_requests == 0
+            if not slow or name == last:  # the last pool is the one of last resort: always sized on demand
                 need_rps = max(0.0, forecast(horizon_s) - upstream_rps)
                 want = replicas_for(need_rps, usable_rps)
                 if name != last:
@@ -130,6 +135,8 @@ class CostAware:
                 upstream_rps += pc.max_replicas * usable_rps
                 health = (("meets SLO" if miss <= 1.0 else "misses SLO") + f" (p95 at {miss:.0%} of it)"
                           if _latency(p) else "no latency samples")
+                if miss > 1.0 and not slow:
+                    health += f" with {p.queued_requests} queued: too small, not slow"
                 note = (f"{name}: {health}, need {need_rps:.2f} rps by +{horizon_s:.0f}s "
                         f"at {usable_rps:.2f} rps/replica -> {want}")
                 has_room = p.ready_replicas > 0 and demand <= p.ready_replicas * usable_rps
@@ -148,6 +155,14 @@ class CostAware:
             if p.arrival_rate_rps > 0:
                 floor = max(floor, 1)
             want = max(want, min(floor, p.replicas))
+            if p.replicas == 0 and p.queued_requests > 0:
+                # Requests held by the router for a pool with no replica (too big for the others, or every
+                # other pool full): only this pool will serve them, so it starts now, whatever the forecast.
+                waiting_need = min(pc.max_replicas,
+                                   replicas_for(p.queued_requests, pc.target_ongoing_requests_per_replica))
+                if waiting_need > want:
+                    want = waiting_need
+                    note += f", {p.queued_requests} waiting for it: start {want} from zero"
             if rank > 0:
                 want, idle_note = self._keep_warm(mem, name, p, needed, want, now)
                 note += idle_note

@@ -1,0 +1,243 @@
+"""The README's run command in elastic mode, for real: `elo run` (local Ray nodes per pool, real vLLM and
+transformers replicas, the controller) under an `elo bench serve` burst, with the cloud pool starting at zero.
+
+One scenario, measured once and asserted on: nodes and replicas are added within a bounded time, the edge pool
+bridges the cloud cold start, traffic reaches the cloud pool once it is ready, every request gets 200 or a 429
+with Retry-After (no 5xx, nothing lost), and both pools shrink back after the idle period. The figures are
+printed (run pytest with -s to see them) and written to $ELO_ELASTIC_REPORT when set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ELO = str(Path(sys.executable).with_name("elo"))
+
+# Small pools so a burst of 24 concurrent requests overflows the edge pool: edge takes 4 + 4 queued per replica
+# and may grow to 2 replicas (16); the cloud pool starts at zero and may grow to one replica.
+APP_CONFIG = {
+    "model": {"source": "demo"},
+    "pools": {
+        "cloud": {"engine": "vllm", "replicas": 0, "max_ongoing_requests": 8, "max_queued_requests": 8,
+                  "engine_args": {"enforce_eager": True, "max_num_seqs": 16},
+                  "ray_actor_options": {"num_cpus": 0,
+                                        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}}},
+        "edge": {"engine": "transformers", "replicas": 1, "max_ongoing_requests": 4, "max_queued_requests": 4,
+                 "max_batch_size": 4},
+    },
+    "router": {"default_pool": "cloud", "cold_start_wait_s": 240},
+}
+
+# The shipped policy's shape with delays short enough for a test.
+POLICY = {
+    "pools": {
+        "cloud": {"engine": "vllm", "cost_per_hour_usd": 2.5, "min_replicas": 0, "max_replicas": 1, "startup_s": 60,
+                  "target_ongoing_requests_per_replica": 8},
+        "edge": {"engine": "transformers", "cost_per_hour_usd": 0.1, "min_replicas": 1, "max_replicas": 2,
+                 "startup_s": 10, "target_ongoing_requests_per_replica": 4},
+    },
+    "slo": {"ttft_p95_s": 2.0, "e2e_p95_s": 20.0},
+    "policy": {"name": "cost_aware", "knobs": {"cloud_idle_to_zero_s": 10, "rate_smoothing_s": 10,
+                                               "backlog_drain_s": 10}},
+    "guardrails": {"upscale_delay_s": 2, "downscale_delay_s": 15, "cooldown_s": 5, "stale_after_s": 30},
+    "tick_interval_s": 2,
+}
+
+BURST = ["-n", "640", "-c", "24", "--prompt-tokens", "32", "--output-tokens", "64"]
+SCALE_UP_BOUND_S = 240  # burst start -> cloud replica ready and edge at 2 nodes
+SCALE_DOWN_BOUND_S = 180  # burst end -> cloud at 0 replicas and 0 nodes, edge back to 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PoolSampler(threading.Thread):
+    """Polls the router's /elo/pools: (wall time, {pool: ready, starting, waiting})."""
+
+    def __init__(self, base_url: str, every_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.base_url, self.every_s = base_url, every_s
+        self.samples: list[tuple[float, dict[str, dict[str, Any]]]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self.halt.wait(self.every_s):
+                try:
+                    self.samples.append((time.time(), client.get(f"{self.base_url}/elo/pools").json()))
+                except (httpx.HTTPError, ValueError):
+                    pass
+
+    def first(self, predicate) -> float | None:
+        return next((t for t, s in self.samples if predicate(s)), None)
+
+
+def _decisions(state_dir: Path) -> list[dict[str, Any]]:
+    path = state_dir / "decisions.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _first_decision(records: list[dict[str, Any]], predicate) -> float | None:
+    return next((r["wall_time_s"] for r in records if predicate(r)), None)
+
+
+def _nodes(record: dict[str, Any], pool: str) -> int:
+    seen = record["observed"].get(pool, {})
+    return seen.get("ready_nodes", 0) + seen.get("starting_nodes", 0)
+
+
+@pytest.fixture(scope="module")
+def elastic_run(tmp_path_factory, demo_model_path):
+    """`elo run` with the controller on, in its own process (its own Ray cluster), stopped with SIGINT."""
+    work = tmp_path_factory.mktemp("elastic")
+    (work / "app.yaml").write_text(yaml.safe_dump(APP_CONFIG))
+    (work / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    state_dir = work / "state"
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    log = (work / "elo-run.log").open("w")
+    proc = subprocess.Popen(
+        [ELO, "run", "--config", str(work / "app.yaml"), "--policy", str(work / "policy.yaml"), "--port", str(port),
+         "--state-dir", str(state_dir), "--dashboard-port", str(_free_port()), "--ready-timeout-s", "400"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"elo run exited with {proc.returncode}:\n{(work / 'elo-run.log').read_text()[-4000:]}")
+            if "Serving" in (work / "elo-run.log").read_text():
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"elo run not serving after 420 s:\n{(work / 'elo-run.log').read_text()[-4000:]}")
+        yield base, state_dir, work
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_burst_with_cloud_at_zero_is_bridged_by_edge_scales_up_then_back_down(elastic_run, demo_model_path):
+    base, state_dir, work = elastic_run
+    pools = httpx.get(f"{base}/elo/pools", timeout=5).json()
+    assert pools["cloud"]["ready_replicas"] == 0 and pools["edge"]["ready_replicas"] == 1, pools
+
+    sampler = PoolSampler(base)
+    sampler.start()
+    out = work / "burst.json"
+    bench = subprocess.Popen(
+        [ELO, "bench", "serve", "--url", f"{base}/v1", *BURST, "--tokenizer", str(demo_model_path),
+         "--timeout-s", "300", "--out", str(out), "--records", "--label", "burst"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    # A newcomer watches the burst with `elo status`: it must show both pools and the controller's decisions.
+    time.sleep(20)
+    status = subprocess.run([ELO, "status", "--url", base, "--decisions", str(state_dir / "decisions.jsonl")],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    bench_out, _ = bench.communicate(timeout=900)
+    assert bench.returncode == 0, bench_out
+    assert status.returncode == 0 and "cloud" in status.stdout and "edge" in status.stdout, status.stdout
+    assert "last controller decisions" in status.stdout, status.stdout
+
+    report = json.loads(out.read_text())
+    records = report["records"]
+    t0 = dt.datetime.fromisoformat(report["params"]["started_at"]).timestamp()
+    burst_end = t0 + max(r["end_s"] for r in records)
+
+    cloud_ready = sampler.first(lambda s: s["cloud"]["ready_replicas"] >= 1)
+    edge_two = sampler.first(lambda s: s["edge"]["ready_replicas"] >= 2)
+    decisions = _decisions(state_dir)
+    print("\nburst: pools", report["summary"]["pool_counts"], "wall", round(report["summary"]["wall_s"], 1),
+          "s; cloud ready at", cloud_ready and round(cloud_ready - t0, 1), "s; edge at 2 at",
+          edge_two and round(edge_two - t0, 1), "s")
+    for r in decisions:
+        print(f"  decision t={r['wall_time_s'] - t0:+.1f}s observed=",
+              {p: (v["ready_replicas"], v["starting_replicas"], v["ready_nodes"], v["starting_nodes"],
+                   v["queued_requests"]) for p, v in r["observed"].items()},
+              "changes=", [(c["pool"], (c["from"] or {}).get("replicas"), c["to"]["replicas"]) for c in r["changes"]])
+
+    # Nothing lost: every request answered 200, or 429 with Retry-After; no 5xx, timeout or broken stream.
+    statuses = [r["status"] for r in records]
+    assert len(records) == 640
+    assert set(statuses) <= {200, 429}, {s: statuses.count(s) for s in set(statuses)}
+    assert all(r["retry_after"] for r in records if r["status"] == 429)
+
+    # Scale-up: the cloud pool got a ready replica and the edge pool a second one, within the bound.
+    assert cloud_ready is not None and cloud_ready - t0 < SCALE_UP_BOUND_S
+    assert edge_two is not None and edge_two - t0 < SCALE_UP_BOUND_S
+    first_up = _first_decision(decisions, lambda r: any(c["to"]["replicas"] > (c["from"] or {}).get("replicas", 0)
+                                                        for c in r["changes"]))
+    cloud_nodes_up = _first_decision(decisions, lambda r: r["observed"]["cloud"]["ready_nodes"] >= 1)
+    edge_nodes_up = _first_decision(decisions, lambda r: r["observed"]["edge"]["ready_nodes"] >= 2)
+    assert first_up is not None and cloud_nodes_up is not None and edge_nodes_up is not None
+
+    # Cold-start bridge: requests sent while cloud was starting were served by the edge pool (or held for
+    # cloud); once cloud was ready, traffic reached it.
+    during = [r for r in records if t0 + r["start_s"] < cloud_ready]
+    after = [r for r in records if t0 + r["start_s"] >= cloud_ready]
+    edge_share_during = sum(r["pool"] == "edge" for r in during) / max(1, len(during))
+    assert during and edge_share_during > 0.5
+    assert any(r["pool"] == "cloud" for r in after), "no request reached the cloud pool once it was ready"
+
+    # Scale-down after the idle period: cloud back to zero replicas and nodes, edge back to its minimum.
+    deadline = burst_end + SCALE_DOWN_BOUND_S
+    while time.time() < deadline:
+        decisions = _decisions(state_dir)
+        last = decisions[-1]["observed"]
+        if (last["cloud"]["ready_replicas"] + last["cloud"]["starting_replicas"] == 0 and _nodes(decisions[-1], "cloud") == 0
+                and last["edge"]["ready_replicas"] == 1 and _nodes(decisions[-1], "edge") == 1):
+            break
+        time.sleep(2)
+    sampler.halt.set()
+    sampler.join()
+    decisions = _decisions(state_dir)
+    last = decisions[-1]
+    assert _nodes(last, "cloud") == 0 and last["observed"]["cloud"]["ready_replicas"] == 0, last
+    assert _nodes(last, "edge") == 1 and last["observed"]["edge"]["ready_replicas"] == 1, last
+    scaled_down = last["wall_time_s"]
+
+    figures = {
+        "requests": len(records),
+        "status_counts": {str(s): statuses.count(s) for s in sorted(set(statuses), key=str)},
+        "lost": sum(s not in (200, 429) for s in statuses),
+        "first_scale_up_decision_s": round(first_up - t0, 1),
+        "edge_second_node_ready_s": round(edge_nodes_up - t0, 1),
+        "edge_second_replica_ready_s": round(edge_two - t0, 1),
+        "cloud_node_ready_s": round(cloud_nodes_up - t0, 1),
+        "cloud_replica_ready_s": round(cloud_ready - t0, 1),
+        "requests_sent_during_cloud_cold_start": len(during),
+        "edge_share_during_cold_start": round(edge_share_during, 3),
+        "cloud_share_after_ready": round(sum(r["pool"] == "cloud" for r in after) / max(1, len(after)), 3),
+        "pool_counts": report["summary"]["pool_counts"],
+        "burst_s": round(burst_end - t0, 1),
+        "back_to_min_after_burst_s": round(scaled_down - burst_end, 1),
+        "ttft_p50_ms": report["summary"]["ttft"]["p50_ms"], "ttft_p95_ms": report["summary"]["ttft"]["p95_ms"],
+    }
+    print("\nelastic burst figures:", json.dumps(figures, indent=2))
+    if os.environ.get("ELO_ELASTIC_REPORT"):
+        Path(os.environ["ELO_ELASTIC_REPORT"]).write_text(json.dumps(figures, indent=2) + "\n")
