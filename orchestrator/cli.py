@@ -10,6 +10,8 @@ from rich.console import Console
 from deployments.config import AppConfig, ConfigError, load_app_config
 from orchestrator.bench.cli import bench_app
 from orchestrator.control.cli import policy_app
+from orchestrator.kube import controller_command
+from orchestrator.sim.cli import register as register_sim_commands
 
 app = typer.Typer(help="Elastic LLM orchestrator: cloud (vLLM) and edge (CPU) pools behind one OpenAI endpoint.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -20,6 +22,8 @@ console = Console()
 
 app.add_typer(bench_app, name="bench", help="Load generator and benchmarks against any OpenAI-compatible URL.")
 app.add_typer(policy_app, name="policy", help="Scaling policy files: validate them, export their JSON schema.")
+register_sim_commands(app)  # elo simulate / tune / sim2real (orchestrator/sim/cli.py)
+app.command("controller")(controller_command)  # elo controller: the autoscaler on KubeRay (orchestrator/kube.py)
 
 
 def _load_config(path: Path | None) -> AppConfig:
@@ -41,6 +45,8 @@ def run(
     ready_timeout_s: float = typer.Option(600, help="Give up if replicas are not ready by then."),
     policy: Path | None = typer.Option(None, "--policy", "-p", help="Scaling policy YAML (default: the shipped one)."),
     controller: bool = typer.Option(True, help="Run the autoscaling controller on elastic local pools."),
+    state_dir: Path | None = typer.Option(None, help="Controller state and decision log (default ~/.cache/elo/controller)."),
+    dashboard_port: int = typer.Option(8265, help="Port of the Ray dashboard (Serve's scaling API) on 127.0.0.1."),
 ) -> None:
     """Start the embedded default: local Ray, the demo model, one cloud (vLLM) and one edge (CPU) replica,
     and the autoscaling controller resizing both pools (extra local Ray nodes)."""
@@ -48,6 +54,11 @@ def run(
     from orchestrator.run import Endpoint, run_forever
 
     app_config = _load_config(config)
+    at_zero = [p for p, c in app_config.pools.items() if c.replicas == 0]
+    if at_zero and not controller:
+        console.print(f"[red]pools {at_zero} start at 0 replicas: only the controller can scale them up; "
+                      "drop --no-controller or give them replicas >= 1[/]")
+        raise typer.Exit(2)
     policy_file = None
     if controller:
         try:
@@ -56,7 +67,7 @@ def run(
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2) from e
     run_forever(app_config, Endpoint(host, port), cache_dir, ready_timeout_s, policy_file, policy,
-                default_state_dir())
+                state_dir or default_state_dir(), dashboard_port)
 
 
 @app.command()

@@ -259,3 +259,8 @@ def compare(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     print_comparison(ra, rb)
+
+
+from orchestrator.sim.cli import bench_profile  # noqa: E402  (the simulator's calibration: `elo bench profile`)
+
+bench_app.command("profile")(bench_profile)

@@ -101,7 +101,7 @@ class PolicyChoice(StrictModel):
 
     name: str = Field(
         "cost_aware",
-        description='A built-in policy ("cost_aware", "queue_target") or an import path "package.module:function" '
+        description='A built-in policy ("cost_aware", "queue_target", "kpa") or an import path "package.module:function" '
         "to a factory taking the PolicyFile and returning decide(snapshot, state, now).",
     )
     knobs: dict[str, Any] = Field(

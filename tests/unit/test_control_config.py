@@ -73,7 +73,7 @@ def test_default_file_loads_with_the_documented_prices_bounds_and_slo():
         ("    min_replicas: 1 ", "    min_replicas: 4 ", "max_replicas: 3", "pools.edge.max_replicas",
          "min_replicas 4 is greater than max_replicas 3"),
         ("  name: cost_aware ", "  name: cost_awar ", "name: cost_awar", "policy.name",
-         "unknown policy 'cost_awar' (did you mean 'cost_aware'?); expected one of cost_aware, queue_target"),
+         "unknown policy 'cost_awar' (did you mean 'cost_aware'?); expected one of cost_aware, kpa, queue_target"),
         ("  name: cost_aware ", "  name: nowhere.policies:fn ", "name: nowhere", "policy.name",
          "policy 'nowhere.policies:fn': cannot import module 'nowhere.policies'"),
         ("  name: cost_aware ", "  name: not a name ", "name: not a name", "policy.name",

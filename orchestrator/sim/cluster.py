@@ -1,0 +1,335 @@
+"""Observe and act, simulated: the pools' nodes and replicas on a fake clock, behind the controller's protocols.
+
+:class:`SimCluster` is at once the controller's ``MetricsSource`` (a :class:`ClusterSnapshot` with the fields
+``ObservedMetrics`` fills in production), ``Scaler``/``ReplicaScaler`` (Serve replica counts), ``Backend``/
+``PoolBackend`` (nodes, drained by the shared :func:`choose_scale_down` rule) and ``RoutingSink`` (the router's
+``PUT /elo/routing``). Like the real adapters it is idempotent, moves toward a target and raises only the
+project's control errors. Time passes only through the engine's events.
+
+Lifecycle: a node asked for joins after ``node_startup_s``; a replica asked for waits for a free slot on a
+ready, non-draining node (``replicas_per_node`` of the policy), then serves after ``replica_startup_s``.
+Scale-down drops replicas not serving yet first (newest first), then stops ready ones with the fewest
+requests: a stopping replica takes no new request, finishes its in-flight ones, then frees its node slot.
+A node is removed only once no replica is left on it (the next ``resize`` call, i.e. the next tick).
+Billing: a node costs ``replicas_per_node x cost_per_hour_usd`` from the moment it is asked for until removed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from deployments.window import PoolWindow
+from orchestrator.control.adapters.base import NodeInfo, choose_scale_down
+from orchestrator.control.config import PolicyFile, PoolPolicy
+from orchestrator.control.errors import CapacityUnavailableError, NotFoundError, PermanentError
+from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
+from orchestrator.sim.model import PoolSim, SimConfig
+from orchestrator.sim.profile import ServiceCurve
+
+PENDING, STARTING, READY, STOPPING, GONE = range(5)  # replica states
+NODE_READY, REPLICA_READY = 0, 1  # event kinds the cluster schedules (the engine owns the others)
+
+Schedule = Callable[[float, int, object, object], None]
+
+
+@dataclass(eq=False, slots=True)
+class SimNode:
+    node_id: str
+    asked_s: float
+    ready_s: float | None = None
+    removed_s: float | None = None
+    draining: bool = False
+    hosted: int = 0  # replicas bound to it (starting, ready or stopping)
+
+    def info(self, pool: str) -> NodeInfo:
+        state = "draining" if self.draining else ("ready" if self.ready_s is not None else "starting")
+        return NodeInfo(self.node_id, pool, state, self.asked_s, self.ready_s)
+
+
+@dataclass(eq=False, slots=True)
+class SimReplica:
+    replica_id: int
+    pool: SimPool
+    asked_s: float
+    state: int = PENDING
+    node: SimNode | None = None
+    running: int = 0
+    prefill_free_s: float = 0.0
+    ready_s: float | None = None
+    stop_s: float | None = None
+    gone_s: float | None = None
+
+
+@dataclass(eq=False)
+class SimPool:
+    """Everything about one pool: config, replicas, nodes, the router's view (in flight, queue) and its window."""
+
+    name: str
+    sim: PoolSim
+    policy: PoolPolicy
+    curve: ServiceCurve
+    window: PoolWindow
+    rng_node: random.Random
+    rng_replica: random.Random
+    replicas: list[SimReplica] = field(default_factory=list)  # not gone
+    ready: list[SimReplica] = field(default_factory=list)  # READY (not stopping), oldest first
+    nodes: list[SimNode] = field(default_factory=list)  # not removed
+    all_replicas: list[SimReplica] = field(default_factory=list)
+    all_nodes: list[SimNode] = field(default_factory=list)
+    queue: deque[int] = field(default_factory=deque)  # routed here, waiting for a replica slot
+    in_flight: int = 0  # routed here and not finished (the router's count)
+    waiting: int = 0  # held for this pool until it has room (Outcome.WAIT)
+    startups: deque[float] = field(default_factory=lambda: deque(maxlen=5))
+    scale_ups: int = 0
+    scale_downs: int = 0
+
+    @property
+    def slots(self) -> int:
+        return len(self.ready) * self.sim.max_ongoing_requests
+
+    def starting(self) -> int:
+        return sum(1 for r in self.replicas if r.state in (PENDING, STARTING))
+
+    def target(self) -> int:
+        return sum(1 for r in self.replicas if r.state in (PENDING, STARTING, READY))
+
+
+class SimCluster:
+    """The simulated pools behind the controller's four protocols (see the module docstring)."""
+
+    def __init__(self, sim: SimConfig, policy: PolicyFile, curves: Mapping[str, ServiceCurve],
+                 clock: Callable[[], float], schedule: Schedule, seed: int,
+                 initial_replicas: Mapping[str, int] | None = None) -> None:
+        self.clock, self.schedule = clock, schedule
+        self.preferences: dict[str, str] = {}
+        self._seq = 0
+        self.pools: dict[str, SimPool] = {}
+        for name, ps in sim.pools.items():
+            self.pools[name] = SimPool(
+                name, ps, policy.pools[name], curves[name], PoolWindow(sim.router.metrics_window_s),
+                random.Random(f"{seed}:{name}:node"), random.Random(f"{seed}:{name}:replica"))
+        now = clock()
+        for name, pool in self.pools.items():  # ready at time 0, not measured as startups
+            count = (initial_replicas or {}).get(name, pool.sim.initial_replicas)
+            rpn = pool.policy.replicas_per_node
+            for _ in range(-(-count // rpn)):
+                node = self._new_node(pool, now)
+                node.ready_s = now
+            for _ in range(count):
+                rep = self._new_replica(pool, now)
+                node = next(n for n in pool.nodes if n.hosted < rpn)
+                node.hosted += 1
+                rep.node, rep.state, rep.ready_s = node, READY, now
+                pool.ready.append(rep)
+
+    # --- RoutingSink -------------------------------------------------------------------------------------------
+
+    def set_preference(self, preferred_pool_by_class: Mapping[str, str]) -> None:
+        unknown = sorted(set(preferred_pool_by_class.values()) - set(self.pools))
+        if unknown:
+            raise PermanentError(f"unknown pools {unknown}; pools are {sorted(self.pools)}")
+        self.preferences = dict(preferred_pool_by_class)
+
+    # --- ReplicaScaler -----------------------------------------------------------------------------------------
+
+    def get_replicas(self, pool: str) -> tuple[int, int]:
+        p = self._pool(pool)
+        return len(p.ready), p.starting()
+
+    def set_replicas(self, pool: str, replicas: int) -> None:
+        p = self._pool(pool)
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        now = self.clock()
+        current = p.target()
+        if replicas > current:
+            p.scale_ups += 1
+            for _ in range(replicas - current):
+                self._new_replica(p, now)
+            self._bind_pending(p, now)
+        elif replicas < current:
+            p.scale_downs += 1
+            drop = current - replicas
+            for state in (PENDING, STARTING):  # not serving yet: newest asks go first
+                for rep in reversed([r for r in p.replicas if r.state == state]):
+                    if drop == 0:
+                        break
+                    self._gone(rep, now)
+                    drop -= 1
+            for rep in sorted(p.ready, key=lambda r: (r.running, -(r.ready_s or 0.0), -r.replica_id))[:drop]:
+                p.ready.remove(rep)
+                rep.state, rep.stop_s = STOPPING, now
+                if rep.running == 0:
+                    self._gone(rep, now)
+
+    # --- PoolBackend -------------------------------------------------------------------------------------------
+
+    def list_nodes(self, pool: str) -> list[NodeInfo]:
+        p = self._pool(pool)
+        return [n.info(pool) for n in p.nodes]
+
+    def resize(self, pool: str, nodes: int) -> None:
+        p = self._pool(pool)
+        if nodes < 0:
+            raise ValueError(f"nodes must be >= 0, got {nodes}")
+        now = self.clock()
+        choice = choose_scale_down([n.info(pool) for n in p.nodes], nodes, {n.node_id: n.hosted for n in p.nodes})
+        for n in p.nodes:
+            n.draining = n.node_id in choice.drain
+        for node_id in choice.remove:
+            node = next(n for n in p.nodes if n.node_id == node_id)
+            if node.hosted:  # re-check right before removing
+                continue
+            node.removed_s = now
+            p.nodes.remove(node)
+        missing = nodes - len(p.nodes)
+        cap = p.sim.max_nodes
+        allowed = missing if cap is None else max(0, min(missing, cap - len(p.nodes)))
+        for _ in range(max(0, allowed)):
+            node = self._new_node(p, now)
+            self.schedule(now + p.sim.node_startup_s.sample(p.rng_node), NODE_READY, node, p)
+        if allowed > 0:
+            self._bind_pending(p, now)  # un-drained nodes may have room
+        if allowed < missing:
+            raise CapacityUnavailableError(f"pool {pool!r} is capped at {cap} nodes; {nodes} asked, "
+                                           f"{len(p.nodes)} there")
+
+    def measured_startup_s(self, pool: str) -> float | None:
+        samples = self._pool(pool).startups
+        return sum(samples) / len(samples) if samples else None
+
+    # --- MetricsSource -----------------------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> ClusterSnapshot:
+        """What ``ObservedMetrics`` builds from ``/elo/pools``, Serve's replica states and the node backend."""
+        out = []
+        for name, p in self.pools.items():
+            s = p.window.summary(now)
+            slots = p.slots
+            out.append(PoolSnapshot(
+                name=name,
+                ready_replicas=len(p.ready),
+                starting_replicas=p.starting(),
+                ready_nodes=sum(1 for n in p.nodes if n.ready_s is not None and not n.draining),
+                starting_nodes=sum(1 for n in p.nodes if n.ready_s is None and not n.draining),
+                running_requests=min(p.in_flight, slots),
+                queued_requests=max(0, p.in_flight - slots) + p.waiting,
+                arrival_rate_rps=float(s["arrival_rate_rps"] or 0.0) + float(s["rejected_rate_rps"] or 0.0),
+                output_tokens_per_s=float(s["output_tokens_per_s"] or 0.0),
+                ttft_p95_s=s["ttft_p95_s"],
+                e2e_p95_s=s["e2e_p95_s"],
+                node_startup_s=self.measured_startup_s(name),
+            ))
+        return ClusterSnapshot(now, {p.name: p for p in out})
+
+    # --- events the engine forwards ----------------------------------------------------------------------------
+
+    def node_ready(self, node: SimNode, pool: SimPool, now: float) -> None:
+        if node.removed_s is not None or node.ready_s is not None:
+            return
+        node.ready_s = now
+        pool.startups.append(now - node.asked_s)
+        self._bind_pending(pool, now)
+
+    def replica_ready(self, rep: SimReplica, now: float) -> bool:
+        """True if the replica now serves (False: it was dropped while starting)."""
+        if rep.state != STARTING:
+            return False
+        rep.state, rep.ready_s = READY, now
+        rep.pool.ready.append(rep)
+        return True
+
+    def replica_idle(self, rep: SimReplica, now: float) -> None:
+        """A stopping replica finished its last request: it goes, its node slot frees."""
+        if rep.state == STOPPING and rep.running == 0:
+            self._gone(rep, now)
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    def _pool(self, pool: str) -> SimPool:
+        try:
+            return self.pools[pool]
+        except KeyError:
+            raise NotFoundError(f"no pool {pool!r}; known pools: {', '.join(sorted(self.pools))}") from None
+
+    def _new_node(self, p: SimPool, now: float) -> SimNode:
+        self._seq += 1
+        node = SimNode(f"{p.name}-{self._seq}", now)
+        p.nodes.append(node)
+        p.all_nodes.append(node)
+        return node
+
+    def _new_replica(self, p: SimPool, now: float) -> SimReplica:
+        self._seq += 1
+        rep = SimReplica(self._seq, p, now)
+        p.replicas.append(rep)
+        p.all_replicas.append(rep)
+        return rep
+
+    def _bind_pending(self, p: SimPool, now: float) -> None:
+        rpn = p.policy.replicas_per_node
+        for rep in p.replicas:
+            if rep.state != PENDING:
+                continue
+            node = next((n for n in p.nodes if n.ready_s is not None and not n.draining and n.hosted < rpn), None)
+            if node is None:
+                return
+            node.hosted += 1
+            rep.node, rep.state = node, STARTING
+            self.schedule(now + p.sim.replica_startup_s.sample(p.rng_replica), REPLICA_READY, rep, None)
+
+    def _gone(self, rep: SimReplica, now: float) -> None:
+        p = rep.pool
+        rep.state, rep.gone_s = GONE, now
+        if rep.stop_s is None:
+            rep.stop_s = now
+        p.replicas.remove(rep)
+        if rep.node is not None:
+            rep.node.hosted -= 1
+            self._bind_pending(p, now)
+
+
+@dataclass(frozen=True)
+class PoolAccount:
+    """What one pool cost and did over a run."""
+
+    node_seconds: float
+    replica_seconds: float  # asked -> gone (billed-like, per replica)
+    ready_replica_seconds: float  # serving (ready -> stopped)
+    cost_usd: float
+    scale_ups: int
+    scale_downs: int
+    max_replicas: int
+
+
+def account(pool: SimPool, end_s: float) -> PoolAccount:
+    """Integrate the pool's node and replica lifetimes over [0, end_s]."""
+    def span(a: float | None, b: float | None) -> float:
+        if a is None:
+            return 0.0
+        return max(0.0, min(end_s, b if b is not None else end_s) - a)
+
+    node_s = sum(span(n.asked_s, n.removed_s) for n in pool.all_nodes)
+    rep_s = sum(span(r.asked_s, r.gone_s) for r in pool.all_replicas)
+    ready_s = sum(span(r.ready_s, r.stop_s if r.stop_s is not None else r.gone_s) for r in pool.all_replicas)
+    price_node_h = pool.policy.cost_per_hour_usd * pool.policy.replicas_per_node
+    return PoolAccount(node_s, rep_s, ready_s, node_s / 3600.0 * price_node_h, pool.scale_ups, pool.scale_downs,
+                       max_replicas=_max_concurrent(pool, end_s))
+
+
+def _max_concurrent(pool: SimPool, end_s: float) -> int:
+    events = sorted([(r.asked_s, 1) for r in pool.all_replicas]
+                    + [(r.gone_s, -1) for r in pool.all_replicas if r.gone_s is not None and r.gone_s <= end_s],
+                    key=lambda e: (e[0], e[1]))
+    level = best = 0
+    for _, d in events:
+        level += d
+        best = max(best, level)
+    return best
+
+
+__all__ = ["NODE_READY", "REPLICA_READY", "PoolAccount", "SimCluster", "SimNode", "SimPool", "SimReplica",
+           "account"]

@@ -1,0 +1,237 @@
+"""Per-replica service model (TTFT and time per output token vs concurrency and prompt length), loaded from YAML
+or fitted from ``elo bench`` request records.
+
+The model, per replica (continuous batching, requests admitted up to a concurrency limit):
+
+* **prefill** is a FIFO server of ``prefill_tokens_per_s``: a request admitted at ``t`` starts its prefill at
+  ``max(t, end of the replica's previous prefill)`` and needs ``prompt_tokens / prefill_tokens_per_s`` seconds —
+  so a burst of long prompts queues, as it does on a real engine;
+* **TTFT** = prefill wait + prefill time + ``ttft_overhead_s(n)``, where ``n`` is the replica's concurrency at
+  admission (the request included) — scheduling, the first decode step, streaming;
+* **decode**: every further output token takes ``tpot_s(n)``, ``n`` again frozen at admission.
+
+``ttft_overhead_s`` and ``tpot_s`` are tables over concurrency (the measured points), interpolated linearly
+between points, flat below the first, and extrapolated along the last segment (never downward) above the last.
+Freezing ``n`` at admission keeps one request O(1) (a replay of 10^6 requests stays in seconds); it
+under-states the slow-down of requests already running when a burst lands on them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from orchestrator.control.config import StrictModel
+from orchestrator.sim._yaml import SimConfigError, load_model
+
+
+class ProfilePoint(StrictModel):
+    """One measured concurrency level."""
+
+    concurrency: int = Field(ge=1, description="Requests running on the replica at once (closed-loop clients).")
+    ttft_overhead_s: float = Field(ge=0, description="Median TTFT minus the prefill time of the prompt, seconds.")
+    tpot_s: float = Field(gt=0, description="Median time per output token after the first, seconds.")
+
+
+class ReplicaProfile(StrictModel):
+    """How fast one replica of a pool serves, as a function of its concurrency and the prompt length."""
+
+    name: str = Field(description="What was measured, e.g. 'vLLM, Llama-3.1-8B, 1x H100'.")
+    source: str = Field(description="Where the numbers come from: a bench run, a publication (with its URL).")
+    placeholder: bool = Field(
+        False, description="True for numbers not measured on the hardware they describe; reports flag them."
+    )
+    max_concurrency: int = Field(
+        ge=1, description="Sequences the engine runs at once (vLLM max_num_seqs, transformers max_batch_size); "
+        "the router's max_ongoing_requests caps it further.",
+    )
+    prefill_tokens_per_s: float = Field(gt=0, description="Prompt tokens the replica prefills per second.")
+    points: list[ProfilePoint] = Field(min_length=1, description="Measurements, by increasing concurrency.")
+
+    @field_validator("points")
+    @classmethod
+    def _increasing(cls, v: list[ProfilePoint]) -> list[ProfilePoint]:
+        for a, b in zip(v, v[1:], strict=False):
+            if b.concurrency <= a.concurrency:
+                raise ValueError(f"concurrency must increase from point to point, got {a.concurrency} then "
+                                 f"{b.concurrency}")
+        return v
+
+    @model_validator(mode="after")
+    def _points_within_limit(self) -> ReplicaProfile:
+        if self.points[0].concurrency > self.max_concurrency:
+            raise ValueError(f"the first point's concurrency {self.points[0].concurrency} is above max_concurrency "
+                             f"{self.max_concurrency}")
+        return self
+
+    def ttft_overhead_s(self, n: int) -> float:
+        return _interp(n, [p.concurrency for p in self.points], [p.ttft_overhead_s for p in self.points])
+
+    def tpot_s(self, n: int) -> float:
+        return _interp(n, [p.concurrency for p in self.points], [p.tpot_s for p in self.points])
+
+    def curve(self, limit: int) -> ServiceCurve:
+        """Lookup tables for concurrencies 1..limit (limit: the replica's slot count)."""
+        limit = max(1, min(limit, self.max_concurrency))
+        return ServiceCurve(
+            limit=limit,
+            prefill_s_per_token=1.0 / self.prefill_tokens_per_s,
+            overhead_s=(0.0,) + tuple(self.ttft_overhead_s(n) for n in range(1, limit + 1)),
+            tpot_s=(0.0,) + tuple(self.tpot_s(n) for n in range(1, limit + 1)),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceCurve:
+    """A profile resolved for one pool: index ``n`` (1..limit) of the tables is the value at concurrency n."""
+
+    limit: int
+    prefill_s_per_token: float
+    overhead_s: tuple[float, ...]
+    tpot_s: tuple[float, ...]
+
+    def isolated_latency(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+                         n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(TTFT, E2E) of requests at concurrency ``n`` with no prefill queue (the capacity model of the bound)."""
+        ttft = self.overhead_s[n] + prompt_tokens * self.prefill_s_per_token
+        return ttft, ttft + np.maximum(output_tokens - 1, 0) * self.tpot_s[n]
+
+
+def _interp(n: float, xs: Sequence[int], ys: Sequence[float]) -> float:
+    if n <= xs[0] or len(xs) == 1:
+        return ys[0]
+    if n >= xs[-1]:
+        slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+        return ys[-1] + slope * (n - xs[-1])
+    return float(np.interp(n, xs, ys))
+
+
+def load_profile(path: str | Path) -> ReplicaProfile:
+    """Read a profile YAML; SimConfigError names the file, line and field."""
+    return load_model(path, ReplicaProfile, "replica profile")
+
+
+def dump_profile(profile: ReplicaProfile, header: str = "") -> str:
+    """The profile as YAML (what ``elo bench profile`` writes)."""
+    import yaml
+
+    body = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + body
+
+
+# --- calibration from bench records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One successful request of a closed-loop bench run: its concurrency, prompt length, TTFT and TPOT."""
+
+    concurrency: int
+    prompt_tokens: int
+    ttft_s: float
+    tpot_s: float | None
+
+
+@dataclass(frozen=True)
+class Fit:
+    profile: ReplicaProfile
+    notes: tuple[str, ...]
+
+
+def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
+                max_concurrency: int | None = None) -> Fit:
+    """Fit the service model to bench samples taken at one or more concurrencies.
+
+    The prefill rate is the slope of TTFT over prompt tokens, shared by all concurrencies (least squares with one
+    intercept per concurrency); it is identifiable only if prompt lengths vary within some concurrency. If they
+    do not, the whole TTFT at the lowest concurrency is attributed to prefill (a conservative rate) and the notes
+    say so. Per concurrency, ``ttft_overhead_s`` is the median of TTFT minus prefill time (>= 0) and ``tpot_s`` the
+    median TPOT. Raises ValueError when there is nothing to fit.
+    """
+    ok = [s for s in samples if s.ttft_s is not None and s.ttft_s >= 0 and s.prompt_tokens > 0]
+    if not ok:
+        raise ValueError("no successful request with a TTFT and a prompt length to fit")
+    levels = sorted({s.concurrency for s in ok})
+    notes: list[str] = []
+    slope = _prefill_slope(ok, levels)
+    if slope is None:
+        low = [s for s in ok if s.concurrency == levels[0]]
+        slope = statistics.median(s.ttft_s / s.prompt_tokens for s in low)
+        notes.append(f"prompt lengths do not vary within a concurrency: the whole TTFT at concurrency {levels[0]} "
+                     "is counted as prefill (conservative); bench two prompt lengths to separate them")
+    points = []
+    for c in levels:
+        group = [s for s in ok if s.concurrency == c]
+        tpots = [s.tpot_s for s in group if s.tpot_s is not None and s.tpot_s > 0]
+        if not tpots:
+            notes.append(f"concurrency {c}: no request with 2+ output tokens, skipped")
+            continue
+        overhead = max(0.0, statistics.median(s.ttft_s - s.prompt_tokens * slope for s in group))
+        points.append(ProfilePoint(concurrency=c, ttft_overhead_s=round(overhead, 6),
+                                   tpot_s=round(statistics.median(tpots), 6)))
+        notes.append(f"concurrency {c}: {len(group)} requests")
+    if not points:
+        raise ValueError("no concurrency level has requests with more than one output token (TPOT)")
+    profile = ReplicaProfile(
+        name=name, source=source, max_concurrency=max(max_concurrency or points[-1].concurrency,
+                                                        points[0].concurrency),
+        prefill_tokens_per_s=round(1.0 / slope, 3), points=points,
+    )
+    return Fit(profile, tuple(notes))
+
+
+def _prefill_slope(samples: Sequence[Sample], levels: list[int]) -> float | None:
+    """Shared slope of TTFT over prompt tokens with per-concurrency intercepts; None if not identifiable/positive."""
+    varied = any(len({s.prompt_tokens for s in samples if s.concurrency == c}) > 1 for c in levels)
+    if not varied:
+        return None
+    x = np.zeros((len(samples), len(levels) + 1))
+    y = np.array([s.ttft_s for s in samples])
+    col = {c: i for i, c in enumerate(levels)}
+    for row, s in enumerate(samples):
+        x[row, col[s.concurrency]] = 1.0
+        x[row, -1] = s.prompt_tokens
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    slope = float(coef[-1])
+    return slope if slope > 0 else None
+
+
+def samples_from_bench(path: str | Path, pool: str | None = None) -> list[Sample]:
+    """Successful requests of one ``elo bench serve --records`` JSON file taken at a fixed concurrency."""
+    from orchestrator.bench.report import load_report
+
+    report = load_report(path)
+    params = report.params
+    if params.get("mode") != "concurrency" or not params.get("concurrency"):
+        raise SimConfigError(f"{path}: a profile needs closed-loop runs (`elo bench serve -c N`); this run's mode is "
+                             f"{params.get('mode')!r}")
+    if not report.records:
+        raise SimConfigError(f"{path}: no per-request records; rerun `elo bench serve` with --records")
+    c = int(params["concurrency"])
+    out = []
+    for r in report.records:
+        if not r.ok or r.ttft_s is None or (pool is not None and r.pool != pool):
+            continue
+        prompt = r.prompt_tokens or r.planned_prompt_tokens
+        if prompt:
+            out.append(Sample(c, int(prompt), r.ttft_s, r.tpot_s))
+    return out
+
+
+__all__ = [
+    "Fit",
+    "ProfilePoint",
+    "ReplicaProfile",
+    "Sample",
+    "ServiceCurve",
+    "SimConfigError",
+    "dump_profile",
+    "fit_profile",
+    "load_profile",
+    "samples_from_bench",
+]

@@ -1,0 +1,156 @@
+"""Replica profiles (interpolation, fitting from bench records) and the sim config (loading, errors)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.bench.report import build_report, write_report
+from orchestrator.bench.stats import RequestRecord, summarize
+from orchestrator.sim._yaml import SimConfigError
+from orchestrator.sim.model import DEFAULT_SIM_CONFIG_PATH, LogNormalDelay, UniformDelay, load_sim_config
+from orchestrator.sim.profile import (
+    ReplicaProfile,
+    Sample,
+    fit_profile,
+    load_profile,
+    samples_from_bench,
+)
+from tests.unit.sim_support import policy_file, profile, sim_config
+
+PROFILES = DEFAULT_SIM_CONFIG_PATH.parent / "profiles"
+
+
+def test_profiles_interpolate_between_points_and_extrapolate_the_last_segment() -> None:
+    p = ReplicaProfile.model_validate({
+        "name": "t", "source": "t", "max_concurrency": 64, "prefill_tokens_per_s": 1000,
+        "points": [{"concurrency": 1, "ttft_overhead_s": 0.01, "tpot_s": 0.010},
+                   {"concurrency": 5, "ttft_overhead_s": 0.05, "tpot_s": 0.020}]})
+    assert p.tpot_s(1) == 0.010 and p.tpot_s(3) == pytest.approx(0.015)
+    assert p.tpot_s(9) == pytest.approx(0.030)  # the last slope, continued
+    assert p.ttft_overhead_s(0) == 0.01
+    curve = p.curve(limit=8)
+    assert curve.limit == 8 and curve.tpot_s[5] == pytest.approx(0.020)
+    assert curve.prefill_s_per_token == pytest.approx(0.001)
+
+
+def test_every_shipped_profile_loads_and_says_where_its_numbers_come_from() -> None:
+    for path in PROFILES.glob("*.yaml"):
+        p = load_profile(path)
+        assert p.source.strip()
+    assert load_profile(PROFILES / "demo_cloud_vllm_cpu.yaml").placeholder
+    gpu = load_profile(PROFILES / "cloud_gpu_h100_llama31_8b.yaml")
+    assert not gpu.placeholder and "https://" in gpu.source
+
+
+def test_a_bad_profile_names_the_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nsource: y\nmax_concurrency: 4\nprefill_tokens_per_s: 100\npoints:\n"
+                    "  - {concurrency: 4, ttft_overhead_s: 0.1, tpot_s: 0.01}\n"
+                    "  - {concurrency: 2, ttft_overhead_s: 0.1, tpot_s: 0.01}\n")
+    with pytest.raises(SimConfigError, match=r"p\.yaml:5: points: concurrency must increase"):
+        load_profile(path)
+
+
+def known_samples(prompts: list[int], seed: int = 0) -> list[Sample]:
+    """TTFT = overhead(c) + P / 5000, TPOT = 10 ms + 1 ms per extra request, with 2% noise."""
+    rng = random.Random(seed)
+    overhead = {1: 0.02, 4: 0.05, 8: 0.09}
+    out = []
+    for c, o in overhead.items():
+        for p in prompts:
+            for _ in range(30):
+                noise = 1 + rng.uniform(-0.02, 0.02)
+                out.append(Sample(c, p, (o + p / 5000) * noise, (0.010 + 0.001 * (c - 1)) * noise))
+    return out
+
+
+def test_fitting_recovers_the_prefill_rate_and_per_concurrency_overheads() -> None:
+    fit = fit_profile(known_samples([64, 512]), name="known", source="test")
+    p = fit.profile
+    assert p.prefill_tokens_per_s == pytest.approx(5000, rel=0.05)
+    assert [pt.concurrency for pt in p.points] == [1, 4, 8]
+    assert [pt.ttft_overhead_s for pt in p.points] == pytest.approx([0.02, 0.05, 0.09], abs=0.005)
+    assert [pt.tpot_s for pt in p.points] == pytest.approx([0.010, 0.013, 0.017], rel=0.03)
+    assert p.max_concurrency == 8
+
+
+def test_fitting_one_prompt_length_counts_ttft_as_prefill_and_says_so() -> None:
+    fit = fit_profile(known_samples([256]), name="one length", source="test")
+    assert any("conservative" in n for n in fit.notes)
+    assert fit.profile.points[0].ttft_overhead_s == pytest.approx(0.0, abs=1e-3)
+    with pytest.raises(ValueError, match="no successful request"):
+        fit_profile([], name="x", source="y")
+
+
+def write_bench(path: Path, mode: str, concurrency: int | None, records: bool = True) -> Path:
+    recs = [RequestRecord(index=i, status=200, start_s=i * 0.1, ttft_s=0.05 + 0.01 * concurrency if concurrency
+                          else 0.05, end_s=i * 0.1 + 1.0, output_tokens=32, prompt_tokens=128, pool="edge")
+            for i in range(20)]
+    report = build_report(label="t", params={"mode": mode, "concurrency": concurrency, "url": "u", "model": "m"},
+                          summary=summarize(recs, wall_s=3.0), records=recs if records else None)
+    return write_report(report, path)
+
+
+def test_bench_runs_become_samples_and_need_closed_loop_records(tmp_path: Path) -> None:
+    samples = samples_from_bench(write_bench(tmp_path / "c4.json", "concurrency", 4))
+    assert len(samples) == 20 and samples[0] == Sample(4, 128, pytest.approx(0.09), pytest.approx((1.0 - 0.09) / 31))
+    assert samples_from_bench(tmp_path / "c4.json", pool="cloud") == []
+    with pytest.raises(SimConfigError, match="closed-loop"):
+        samples_from_bench(write_bench(tmp_path / "r.json", "rate", None))
+    with pytest.raises(SimConfigError, match="--records"):
+        samples_from_bench(write_bench(tmp_path / "n.json", "concurrency", 2, records=False))
+
+
+def test_the_default_sim_config_loads_with_its_profiles() -> None:
+    sim = load_sim_config()
+    assert set(sim.pools) == {"cloud", "edge"}
+    assert sim.pools["cloud"].profile.placeholder
+    sim.check_matches(policy_file())  # same pools as the shipped policy's
+
+
+def test_a_bad_sim_config_names_the_file_line_and_field(tmp_path: Path) -> None:
+    doc = sim_config().model_dump(mode="json")
+    doc["pools"]["cloud"]["replica_startup_s"] = {"dist": "gamma", "value": 3}
+    doc["pools"]["edge"]["max_ongoing_requets"] = 4
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(SimConfigError) as e:
+        load_sim_config(path)
+    text = str(e.value)
+    assert "invalid sim config" in text
+    assert "pools.cloud.replica_startup_s" in text and "gamma" in text
+    assert "pools.edge.max_ongoing_requets: unknown field" in text
+    assert f"{path}:" in text
+
+
+def test_a_sim_config_with_a_missing_profile_or_unknown_pool_is_refused(tmp_path: Path) -> None:
+    doc = sim_config().model_dump(mode="json")
+    doc["pools"]["cloud"]["profile"] = "nowhere.yaml"
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(SimConfigError, match=r"nowhere\.yaml: cannot read replica profile"):
+        load_sim_config(path)
+    doc = sim_config().model_dump(mode="json")
+    doc["router"]["default_pool"] = "gpu"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(SimConfigError, match="default_pool 'gpu' is not one of the pools"):
+        load_sim_config(path)
+    other = policy_file().model_copy(update={"pools": {"cloud": policy_file().pools["cloud"]}})
+    with pytest.raises(SimConfigError, match=r"differ from the policy's pools \['cloud'\]"):
+        sim_config().check_matches(other)
+
+
+def test_startup_delays_sample_within_their_distribution() -> None:
+    rng = random.Random(0)
+    u = UniformDelay(dist="uniform", low=2, high=4)
+    assert all(2 <= u.sample(rng) <= 4 for _ in range(100)) and u.quantile(0.5) == 3
+    ln = LogNormalDelay(dist="lognormal", median=40, sigma=0.2, max=60)
+    xs = sorted(ln.sample(rng) for _ in range(2001))
+    assert xs[1000] == pytest.approx(40, rel=0.05) and max(xs) <= 60
+    assert ln.quantile(0.5) == pytest.approx(40)
+    assert sim_config(cloud_startup=7).pools["cloud"].replica_startup_s.quantile(0.95) == 7  # a bare number
+    assert profile()["points"][0]["tpot_s"] == 0.02
