@@ -82,7 +82,8 @@ class SimPool:
     queue: deque[int] = field(default_factory=deque)  # routed here, waiting for a replica slot
     in_flight: int = 0  # routed here and not finished (the router's count)
     waiting: int = 0  # held for this pool until it has room (Outcome.WAIT)
-    startups: deque[float] = field(default_factory=lambda: deque(maxlen=5))
+    startups: deque[float] = field(default_factory=lambda: deque(maxlen=5))  # node ask -> joined
+    replica_startups: deque[float] = field(default_factory=lambda: deque(maxlen=5))  # replica ask -> ready
     scale_ups: int = 0
     scale_downs: int = 0
 
@@ -221,6 +222,7 @@ class SimCluster:
                 output_tokens_per_s=float(s["output_tokens_per_s"] or 0.0),
                 ttft_p95_s=s["ttft_p95_s"],
                 e2e_p95_s=s["e2e_p95_s"],
+                replica_startup_s=(sum(p.replica_startups) / len(p.replica_startups)) if p.replica_startups else None,
                 node_startup_s=self.measured_startup_s(name),
             ))
         return ClusterSnapshot(now, {p.name: p for p in out})
@@ -240,6 +242,7 @@ class SimCluster:
             return False
         rep.state, rep.ready_s = READY, now
         rep.pool.ready.append(rep)
+        rep.pool.replica_startups.append(now - rep.asked_s)  # as ServeScaler measures it: ask -> ready
         return True
 
     def replica_idle(self, rep: SimReplica, now: float) -> None:

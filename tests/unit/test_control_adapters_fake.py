@@ -304,6 +304,32 @@ def test_serve_scaler_counts_ready_and_still_missing_replicas():
     assert serve_scaler(dashboard).get_replicas("cloud") == (2, 0)
 
 
+def test_serve_scaler_measures_replica_startup_from_ask_to_ready():
+    dashboard, now = FakeDashboard(), [100.0]
+    dashboard.targets["pool-cloud"], dashboard.states["pool-cloud"] = 0, []
+    scaler = serve_scaler(dashboard, clock=lambda: now[0])
+    assert scaler.get_replicas("cloud") == (0, 0) and scaler.measured_startup_s("cloud") is None
+    scaler.set_replicas("cloud", 2)
+    dashboard.states["pool-cloud"] = ["STARTING", "STARTING"]
+    now[0] = 130.0
+    assert scaler.get_replicas("cloud") == (0, 2) and scaler.measured_startup_s("cloud") is None
+    dashboard.states["pool-cloud"] = ["RUNNING", "STARTING"]
+    now[0] = 160.0
+    scaler.get_replicas("cloud")
+    assert scaler.measured_startup_s("cloud") == 60.0
+    dashboard.states["pool-cloud"] = ["RUNNING", "RUNNING"]
+    now[0] = 180.0
+    scaler.get_replicas("cloud")
+    assert scaler.measured_startup_s("cloud") == 70.0  # mean of 60 and 80
+    # A replica that restarts on its own (nobody asked) measures nothing.
+    dashboard.states["pool-cloud"] = ["RUNNING", "STARTING"]
+    scaler.get_replicas("cloud")
+    dashboard.states["pool-cloud"] = ["RUNNING", "RUNNING"]
+    now[0] = 500.0
+    scaler.get_replicas("cloud")
+    assert scaler.measured_startup_s("cloud") == 70.0
+
+
 def test_serve_scaler_unknown_deployment_is_not_found_without_retry():
     dashboard = FakeDashboard()
     with pytest.raises(NotFoundError, match="no deployment 'pool-gpu'.*pool-cloud, pool-edge"):

@@ -126,4 +126,4 @@ def test_the_snapshot_has_the_fields_production_fills() -> None:
     assert p.arrival_rate_rps == pytest.approx(2 / 30)  # routed + refused, over the 30 s window
     assert (p.ttft_p95_s, p.e2e_p95_s) == (0.4, 1.5)
     assert p.output_tokens_per_s == pytest.approx(1.0)
-    assert p.replica_startup_s is None and p.node_startup_s is None  # as ObservedMetrics: node start only
+    assert p.replica_startup_s is None and p.node_startup_s is None  # nothing was started yet

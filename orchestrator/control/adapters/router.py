@@ -72,6 +72,8 @@ class ObservedMetrics:
                 output_tokens_per_s=float(s.get("output_tokens_per_s", 0.0)),
                 ttft_p95_s=s.get("ttft_p95_s"),
                 e2e_p95_s=s.get("e2e_p95_s"),
+                # Optional on a scaler: ask -> ready of its replicas (the forecast horizon of cost_aware).
+                replica_startup_s=getattr(self.scaler, "measured_startup_s", lambda _: None)(name),
                 node_startup_s=self.backend.measured_startup_s(name),
             ))
         return ClusterSnapshot(now, {p.name: p for p in pools}, metrics_age_s=max(0.0, now - observed_at))

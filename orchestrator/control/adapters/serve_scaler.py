@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,7 +56,8 @@ class ServeScaler:
     def __init__(self, dashboard_url: str, app_name: str = "elo",
                  deployment_for: Callable[[str], str] = default_deployment_for,
                  client: httpx.Client | None = None, *, timeout_s: float = 10.0, attempts: int = 3,
-                 backoff_s: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
+                 backoff_s: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
         self.dashboard_url = dashboard_url.rstrip("/")
@@ -67,6 +69,11 @@ class ServeScaler:
         self._attempts = attempts
         self._backoff_s = backoff_s
         self._sleep = sleep
+        self._clock = clock
+        # Startup measurement: when each replica not ready yet was asked for (oldest first), recent ask -> ready.
+        self._asked: dict[str, deque[float]] = {}
+        self._startups: dict[str, deque[float]] = {}
+        self._last_ready: dict[str, int] = {}
 
     # -- ReplicaScaler -------------------------------------------------------------------------------------
 
@@ -80,6 +87,13 @@ class ServeScaler:
         path = f"/api/v1/applications/{self.app_name}/deployments/{deployment}/scale"
         self._request("POST", path, f"scale {self.app_name}/{deployment} to {replicas}",
                       json={"target_num_replicas": replicas})
+        asked = self._asked.setdefault(pool, deque())
+        previous = details.get("target_num_replicas")
+        if isinstance(previous, int) and replicas > previous:
+            asked.extend([self._clock()] * (replicas - previous))
+        ready = sum(1 for r in details.get("replicas", ()) if r.get("state") in READY_STATES)
+        while len(asked) > max(0, replicas - ready):  # scaled down: the newest asks are withdrawn
+            asked.pop()
         log.info("serve: %s/%s target %s -> %s replicas", self.app_name, deployment,
                  details.get("target_num_replicas"), replicas)
 
@@ -96,7 +110,26 @@ class ServeScaler:
             target = int(details["target_num_replicas"])
         except (KeyError, TypeError, ValueError) as e:
             raise PermanentError(f"unexpected Serve deployment details for pool {pool!r}: {e!r}") from e
+        self._measure(pool, ready)
         return ready, max(0, target - ready)
+
+    def measured_startup_s(self, pool: str) -> float | None:
+        """Measured ask -> ready of this pool's replicas (mean of the last few, node start included when the
+        replica had to wait for one); None until one was seen. Measured between calls of :meth:`get_replicas`,
+        so it is as precise as the controller's tick."""
+        recent = self._startups.get(pool)
+        return sum(recent) / len(recent) if recent else None
+
+    def _measure(self, pool: str, ready: int) -> None:
+        """Replicas that became ready since the last call finish the oldest pending asks (a restarted replica,
+        asked for by nobody, finishes none)."""
+        gained = ready - self._last_ready.get(pool, ready)
+        self._last_ready[pool] = ready
+        asked = self._asked.get(pool)
+        now = self._clock()
+        while gained > 0 and asked:
+            self._startups.setdefault(pool, deque(maxlen=5)).append(now - asked.popleft())
+            gained -= 1
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
