@@ -217,6 +217,9 @@ def run_until_signalled(controller: Controller, policy_path: Path | None, groups
                          name="elo-policy-reload", daemon=True).start()
     log.info("controller running: pools %s, tick every %gs, metrics on :%s", ", ".join(controller.policy_file.pools),
              controller.policy_file.tick_interval_s, metrics_port or "off")
+    release = getattr(controller.scaler, "release_pools_deployed_at_zero", None)
+    if release is not None:  # before the first tick, so that the RayService can become ready
+        _until_done(lambda: release(list(controller.policy_file.pools)), stop)
     try:
         controller.run(stop)
     finally:
@@ -229,6 +232,26 @@ def run_until_signalled(controller: Controller, policy_path: Path | None, groups
         close = getattr(controller.scaler, "close", None)
         if close is not None:
             close()
+
+
+def _until_done(step: Callable[[], list[str]], stop: threading.Event, every_s: float = 5.0,
+                give_up_s: float = 600.0) -> None:
+    """Retry ``step`` while the Serve app is not deployed yet (the head starts after the controller)."""
+    from orchestrator.control.errors import ControlError
+
+    deadline = time.monotonic() + give_up_s
+    while not stop.is_set():
+        try:
+            released = step()
+            if released:
+                log.warning("pools %s are configured at 0 replicas: set to 0 (Serve deployed one)", released)
+            return
+        except ControlError as e:
+            if time.monotonic() >= deadline:
+                log.error("could not check pools configured at 0 replicas, going on: %s", e)
+                return
+            log.info("waiting for the Serve application: %s", e)
+            stop.wait(every_s)
 
 
 __all__ = [

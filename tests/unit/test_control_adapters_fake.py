@@ -249,6 +249,7 @@ class FakeDashboard:
         self.targets = {"pool-cloud": 0, "pool-edge": 1}
         self.states: dict[str, list[str]] = {"pool-cloud": [], "pool-edge": ["RUNNING"]}
         self.external_scaler_enabled = external_scaler_enabled
+        self.configured_replicas: dict[str, int] = {}  # the deployed AppConfig's pools.<pool>.replicas
         self.requests: list[tuple[str, str]] = []
         self.answers: list[httpx.Response | Exception] = []  # forced answers for the next requests
 
@@ -265,6 +266,8 @@ class FakeDashboard:
                                                enumerate(self.states[name])]} for name in self.targets}
             return httpx.Response(200, json={"applications": {"elo": {
                 "name": "elo", "deployments": deployments,
+                "deployed_app_config": {"name": "elo", "import_path": "deployments.app:app_builder", "args": {
+                    "config": {"pools": {p: {"replicas": n} for p, n in self.configured_replicas.items()}}}},
                 "external_scaler_enabled": self.external_scaler_enabled}}})
         parts = request.url.path.split("/")  # /api/v1/applications/{app}/deployments/{dep}/scale
         if request.method == "POST" and parts[-1] == "scale":
@@ -328,6 +331,26 @@ def test_serve_scaler_measures_replica_startup_from_ask_to_ready():
     now[0] = 500.0
     scaler.get_replicas("cloud")
     assert scaler.measured_startup_s("cloud") == 70.0
+
+
+def test_pools_configured_at_zero_are_released_once_and_only_if_never_ready():
+    dashboard = FakeDashboard()
+    dashboard.configured_replicas = {"cloud": 0, "edge": 1}
+    dashboard.targets["pool-cloud"], dashboard.states["pool-cloud"] = 1, ["STARTING"]  # Serve deployed one
+    scaler = serve_scaler(dashboard)
+    assert scaler.release_pools_deployed_at_zero(["cloud", "edge"]) == ["cloud"]
+    assert dashboard.targets == {"pool-cloud": 0, "pool-edge": 1}
+    # A restarted controller finds cloud scaled up and serving: it is left alone.
+    dashboard.targets["pool-cloud"], dashboard.states["pool-cloud"] = 1, ["RUNNING"]
+    assert serve_scaler(dashboard).release_pools_deployed_at_zero(["cloud", "edge"]) == []
+    assert dashboard.targets["pool-cloud"] == 1
+
+
+def test_releasing_pools_before_the_app_is_deployed_is_not_found():
+    dashboard = FakeDashboard()
+    dashboard.answers.append(httpx.Response(200, json={"applications": {}}))
+    with pytest.raises(NotFoundError, match="not deployed yet"):
+        serve_scaler(dashboard).release_pools_deployed_at_zero(["cloud"])
 
 
 def test_serve_scaler_unknown_deployment_is_not_found_without_retry():

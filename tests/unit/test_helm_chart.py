@@ -391,7 +391,7 @@ def test_controller_runs_the_kuberay_backend_against_kuberays_services(helm: str
         "elo", "controller", "--backend", "kuberay", "--policy", "/etc/elo/policy.yaml",
         "--namespace", "$(POD_NAMESPACE)", "--rayservice", FULLNAME,
         # KubeRay's names for a RayService's Services: "<name>-serve-svc", "<name>-head-svc".
-        "--router-url", f"http://{FULLNAME}-serve-svc.$(POD_NAMESPACE).svc:8000",
+        "--router-url", f"http://{FULLNAME}-head-svc.$(POD_NAMESPACE).svc:8000",
         "--dashboard-url", f"http://{FULLNAME}-head-svc.$(POD_NAMESPACE).svc:8265",
         "--group", "cloud=cloud-gpu", "--group", "edge=edge-cpu",
         "--state-dir", "/var/lib/elo", "--metrics-port", "9090",

@@ -113,6 +113,30 @@ class ServeScaler:
         self._measure(pool, ready)
         return ready, max(0, target - ready)
 
+    def release_pools_deployed_at_zero(self, pools: list[str]) -> list[str]:
+        """Serve cannot deploy zero replicas, so a pool whose Serve config says ``replicas: 0`` is deployed with
+        one (``deployments.app``); set those pools to zero while that one replica has never been ready (it waits
+        for a node nobody asked for). A pool that has served since (a restarted controller) is left alone.
+        Returns the pools set to zero; raises TransientError/NotFoundError while the app is not deployed."""
+        response = self._request("GET", "/api/serve/applications/", "read Serve applications")
+        try:
+            app = (response.json().get("applications") or {}).get(self.app_name) or {}
+        except ValueError as e:
+            raise TransientError(f"Serve applications: the dashboard answered non-JSON: {response.text[:200]!r}") from e
+        if not app:
+            raise NotFoundError(f"Serve application {self.app_name!r} is not deployed yet")
+        configured = (((app.get("deployed_app_config") or {}).get("args") or {}).get("config") or {}).get("pools") or {}
+        released = []
+        for pool in pools:
+            if (configured.get(pool) or {}).get("replicas", 1) != 0:
+                continue
+            details = (app.get("deployments") or {}).get(self.deployment_for(pool)) or {}
+            ready = sum(1 for r in details.get("replicas", ()) if r.get("state") in READY_STATES)
+            if details.get("target_num_replicas") == 1 and ready == 0 and self._last_ready.get(pool, 0) == 0:
+                self.set_replicas(pool, 0)
+                released.append(pool)
+        return released
+
     def measured_startup_s(self, pool: str) -> float | None:
         """Measured ask -> ready of this pool's replicas (mean of the last few, node start included when the
         replica had to wait for one); None until one was seen. Measured between calls of :meth:`get_replicas`,

@@ -10,8 +10,8 @@ from types import MappingProxyType
 from orchestrator.control.config import PolicyFile
 from orchestrator.control.policies.base import Policy, PolicyFactory
 from orchestrator.control.policies.cost_aware import CostAware
-from orchestrator.control.policies.kpa import Kpa
 from orchestrator.control.policies.guardrails import apply_guardrails
+from orchestrator.control.policies.kpa import Kpa
 from orchestrator.control.policies.queue_target import QueueTarget
 
 # Read-only; to add a policy, pass your own mapping: {**DEFAULT_REGISTRY, "mine": my_factory}.
