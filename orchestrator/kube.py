@@ -218,8 +218,9 @@ def run_until_signalled(controller: Controller, policy_path: Path | None, groups
     log.info("controller running: pools %s, tick every %gs, metrics on :%s", ", ".join(controller.policy_file.pools),
              controller.policy_file.tick_interval_s, metrics_port or "off")
     release = getattr(controller.scaler, "release_pools_deployed_at_zero", None)
-    if release is not None:  # before the first tick, so that the RayService can become ready
-        _until_done(lambda: release(list(controller.policy_file.pools)), stop)
+    if release is not None:  # alongside the loop (the Serve app may take minutes to appear), once
+        threading.Thread(target=_until_done, args=(lambda: release(list(controller.policy_file.pools)), stop),
+                         name="elo-release-zero", daemon=True).start()
     try:
         controller.run(stop)
     finally:
