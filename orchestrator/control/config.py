@@ -26,8 +26,10 @@ __all__ = [
     "PoolPolicy",
     "Slo",
     "StrictModel",
+    "line_of",
     "load_policy_file",
     "policy_json_schema",
+    "read_yaml",
 ]
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
@@ -212,17 +214,7 @@ def load_policy_file(path: str | Path, registry: Mapping[str, Any] | None = None
     """Read and validate a policy file; the policy name and its knobs are checked against ``registry``
     (default: the built-ins). Raises ConfigError naming the file, the line and the field."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
+    data, root = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -238,6 +230,21 @@ def load_policy_file(path: str | Path, registry: Mapping[str, Any] | None = None
     if problems:
         raise _config_error(path, root, problems)
     return cfg
+
+
+def read_yaml(path: Path, what: str = "", error: type[ConfigError] = ConfigError) -> tuple[Any, yaml.Node | None]:
+    """The parsed document and its node tree (for :func:`line_of`); ``error`` naming the file (and the line)
+    when it cannot be read or is not YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(f"{path}: cannot read{' ' + what if what else ''}: {e.strerror or e}") from e
+    try:
+        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise error(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
 
 
 Problem = tuple[tuple[Any, ...], str]  # (field path, message)
@@ -323,7 +330,7 @@ def _duplicate_keys(node: yaml.Node | None, loc: tuple[Any, ...]) -> list[Proble
     return []
 
 
-def _line_of(root: yaml.Node | None, loc: tuple[Any, ...], last: bool = False) -> int:
+def line_of(root: yaml.Node | None, loc: tuple[Any, ...], last: bool = False) -> int:
     """1-based line of the deepest node of ``loc`` present in the YAML tree (the key's line for mapping entries);
     with ``last``, the last occurrence of a key (duplicate keys)."""
     if root is None:
@@ -346,7 +353,7 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...], last: bool = False) -
 
 def _config_error(path: Path, root: yaml.Node | None, problems: list[Problem]) -> ConfigError:
     located = sorted(
-        ((_line_of(root, loc, last=msg.startswith("duplicate key")), loc, msg) for loc, msg in problems),
+        ((line_of(root, loc, last=msg.startswith("duplicate key")), loc, msg) for loc, msg in problems),
         key=lambda x: x[0],
     )
     lines = [f"{path}: invalid policy file ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"]

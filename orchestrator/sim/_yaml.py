@@ -10,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from deployments.config import ConfigError
+from orchestrator.control.config import line_of
+from orchestrator.control.config import read_yaml as _read_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -20,39 +22,7 @@ class SimConfigError(ConfigError):
 
 def read_yaml(path: str | Path, what: str) -> tuple[Any, yaml.Node | None]:
     """The parsed document and its node tree (for line numbers); SimConfigError on I/O or YAML errors."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SimConfigError(f"{p}: cannot read {what}: {e.strerror or e}") from e
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise SimConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
-    return data, root
-
-
-def line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:
-    """1-based line of the deepest node of ``loc`` found in the YAML tree (1 when unknown)."""
-    if root is None:
-        return 1
-    node, line = root, root.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            hit = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
-            key = next((k for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
-            if hit is None or key is None:
-                return line
-            node, line = hit, key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
+    return _read_yaml(Path(path), what, SimConfigError)
 
 
 def validation_error(path: Path, root: yaml.Node | None, e: ValidationError, what: str,
