@@ -33,6 +33,10 @@ edge_group() {  # edge_group FIELD: a field of the edge-cpu worker group of the 
     -o jsonpath="{.spec.workerGroupSpecs[?(@.groupName==\"edge-cpu\")].$1}"
 }
 edge_replicas() { edge_group replicas; }
+edge_ready_pods() {  # Running and Ready pods of the edge-cpu group (a Pending pod does not count)
+  kubectl -n "$NS" get pods -l "ray.io/cluster=$(active_cluster),ray.io/group=edge-cpu" \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true
+}
 
 if [ "$CLUSTER" != existing ]; then
   step "kind cluster $CLUSTER (a control plane and one edge worker)"
@@ -62,7 +66,8 @@ docker build -f k8s/Dockerfile -t "$IMAGE" --build-arg RAY_IMAGE=rayproject/ray:
 step "helm install $RELEASE ($VALUES)"
 helm upgrade --install "$RELEASE" k8s/helm/elo -n "$NS" --create-namespace -f "$VALUES" \
   --set image.repository="${IMAGE%%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=IfNotPresent \
-  --set ray.head.resources.requests.cpu=500m --set pools.edge.workerGroup.resources.requests.cpu=500m
+  --set ray.head.resources.requests.cpu=500m --set ray.head.resources.requests.memory=2Gi \
+  --set pools.edge.workerGroup.resources.requests.cpu=500m --set pools.edge.workerGroup.resources.requests.memory=1Gi
 
 step "waiting for the RayService to serve (model build and load on first start)"
 for _ in $(seq 1 120); do
@@ -94,7 +99,12 @@ for _ in $(seq 1 30); do
   sleep 5
 done
 [ "$peak" -gt "$before" ] || { echo "the controller did not grow edge-cpu ($before pods)" >&2; exit 1; }
-echo "edge-cpu grew to $peak pods"
+for _ in $(seq 1 60); do
+  [ "$(edge_ready_pods)" -ge "$peak" ] && break
+  sleep 5
+done
+[ "$(edge_ready_pods)" -ge "$peak" ] || { kubectl -n "$NS" get pods -o wide; echo "edge-cpu pods not Ready" >&2; exit 1; }
+echo "edge-cpu grew to $peak pods, all Ready"
 
 step "idle: waiting for edge-cpu to come back to its minimum"
 min="$(edge_group minReplicas)"

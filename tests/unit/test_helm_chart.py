@@ -19,7 +19,15 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.config import AppConfig, Eligibility, ModelConfig, PoolConfig, RouterConfig
 from orchestrator.control.adapters.kuberay import REQUIRED_ACCESS
 from orchestrator.control.adapters.local_backend import pool_resource
-from orchestrator.control.config import Guardrails, PolicyChoice, PolicyFile, PoolPolicy, Slo, load_policy_file
+from orchestrator.control.config import (
+    ConfigError,
+    Guardrails,
+    PolicyChoice,
+    PolicyFile,
+    PoolPolicy,
+    Slo,
+    load_policy_file,
+)
 from orchestrator.elastic import pin_pools_to_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,10 +40,11 @@ RELEASE, NAMESPACE = "demo", "serving"
 FULLNAME = "demo-elo"
 
 # Everything the KubeRay pool backend does with the Kubernetes API, as (apiGroup, resource, verb): read the
-# RayService to find its active RayCluster, read/list/patch RayClusters (worker group replicas), list the Ray pods.
+# RayService to find its active RayCluster, read/patch RayClusters (worker group replicas), list the Ray pods.
 # The controller's Role must grant exactly this.
 BACKEND_NEEDS = set(REQUIRED_ACCESS)  # what the KubeRay backend calls (checked on the wire in test_kuberay_loop)
-CORE_KINDS = {"Deployment", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "PersistentVolumeClaim"}
+CORE_KINDS = {"Deployment", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "PersistentVolumeClaim",
+              "Job"}
 STANDARD_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                    "app.kubernetes.io/managed-by", "helm.sh/chart", "app.kubernetes.io/component"}
 CHART_ONLY_POOL_KEYS = {"enabled", "workerGroup"}
@@ -452,6 +461,28 @@ def test_policy_of_each_scenario_loads_with_its_enabled_pools(helm: str, values:
     assert sorted(policy.pools) == enabled_pools(values)
 
 
+def test_a_pre_upgrade_hook_validates_the_new_policy_before_the_controller_rolls(helm: str, tmp_path: Path) -> None:
+    # Knob bounds are the policy's own (the values schema cannot know them): a bad knob renders, and the hook Job's
+    # `elo policy validate` is what refuses it, before the restarted controller would crash-loop on it.
+    objs = render(helm, "--set", "policy.policy.knobs.edge_fill_fraction=7")
+    job = one(objs, "Job", f"{FULLNAME}-policy-check")
+    hook_cm = one(objs, "ConfigMap", f"{FULLNAME}-policy-check")
+    for obj in (job, hook_cm):
+        assert obj["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(hook_cm["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]), "the policy copy exists before the Job runs"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["elo", "policy", "validate", "/etc/elo/policy.yaml"]
+    assert job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"] == f"{FULLNAME}-policy-check"
+    # It checks exactly the policy the controller would get, and that policy is refused by the same command.
+    assert hook_cm["data"] == one(objs, "ConfigMap", f"{FULLNAME}-policy")["data"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(hook_cm["data"]["policy.yaml"])
+    with pytest.raises(ConfigError, match="edge_fill_fraction"):
+        load_policy_file(path)
+    assert not [o for o in render(helm, "--set", "controller.policyCheck.enabled=false") if o["kind"] == "Job"]
+
+
 def test_policy_checksum_rolls_the_controller_only_when_the_policy_changes(helm: str) -> None:
     def checksum(*args: str) -> str:
         return one(render(helm, *args), "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/policy"]
@@ -475,8 +506,11 @@ def test_policy_checksum_rolls_the_controller_only_when_the_policy_changes(helm:
     (["--set", "pools.cloud.enabled=false"], "router.default_pool"),
     (["--set", "pools.cloud.workerGroup.maxReplicas=1"], "pools.cloud.workerGroup.maxReplicas"),
     (["--set", "pools.edge.workerGroup.minReplicas=4"], "pools.edge.workerGroup.minReplicas"),
+    (["--set", "pools.edge.workerGroup.groupName=cloud-gpu"], "pools.edge.workerGroup.groupName"),
+    (["--set", "policy.pools.cloud.replicas_per_node=2"], "policy.pools.cloud.replicas_per_node"),
 ], ids=["negative-replicas", "negative-pods", "unknown-engine", "missing-model", "misspelt-field",
-        "negative-policy-max", "default-pool-disabled", "too-few-pods-for-policy", "min-above-max"])
+        "negative-policy-max", "default-pool-disabled", "too-few-pods-for-policy", "min-above-max",
+        "shared-worker-group", "more-vllm-replicas-than-gpus"])
 def test_bad_values_are_refused_naming_the_field(helm: str, args: list[str], named: str) -> None:
     assert named in render_error(helm, *args)
 

@@ -103,10 +103,18 @@ Cross-field checks that JSON schema cannot express; each failure names the field
 {{- fail (printf "router.slo_class_preferences.%s: %q is not an enabled pool %v" $cls $pool $enabled) }}
 {{- end }}
 {{- end }}
+{{- $groupNames := list }}
 {{- range $name := $enabled }}
 {{- $p := index $.Values.pools $name }}
 {{- $wg := $p.workerGroup }}
 {{- $perNode := include "elo.replicasPerNode" (dict "ctx" $ "pool" $name) | int }}
+{{- if has $wg.groupName $groupNames }}
+{{- fail (printf "pools.%s.workerGroup.groupName %q is already the worker group of another pool; each pool needs its own" $name $wg.groupName) }}
+{{- end }}
+{{- $groupNames = append $groupNames $wg.groupName }}
+{{- if and (eq $p.engine "vllm") (gt (int $wg.gpus) 0) (gt $perNode (int $wg.gpus)) }}
+{{- fail (printf "policy.pools.%s.replicas_per_node (%d) exceeds pools.%s.workerGroup.gpus (%d): each vLLM replica takes a GPU" $name $perNode $name (int $wg.gpus)) }}
+{{- end }}
 {{- if gt (int $wg.minReplicas) (int $wg.maxReplicas) }}
 {{- fail (printf "pools.%s.workerGroup.minReplicas (%d) is greater than pools.%s.workerGroup.maxReplicas (%d)" $name (int $wg.minReplicas) $name (int $wg.maxReplicas)) }}
 {{- end }}
