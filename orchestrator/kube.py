@@ -110,7 +110,7 @@ def build_kuberay_controller(
     backend = KubeRayPoolBackend(api_client, namespace, groups, replicas_on=ServeReplicaPlacement(dashboard_url),
                                  raycluster=raycluster, rayservice=rayservice, clock=clock, wall_clock=wall_clock,
                                  retry=retry)
-    scaler = ServeScaler(dashboard_url)
+    scaler = ServeScaler(dashboard_url, clock=clock)
     router = RouterClient(router_url)
     return Controller(
         policy,
@@ -253,6 +253,10 @@ def _until_done(step: Callable[[], list[str]], stop: threading.Event, every_s: f
                 return
             log.info("waiting for the Serve application: %s", e)
             stop.wait(every_s)
+        except RuntimeError:
+            if not stop.is_set():
+                raise
+            return  # stopping: run_until_signalled closed the scaler's HTTP client under this call
 
 
 __all__ = [

@@ -1,6 +1,7 @@
-"""The whole control loop over KubeRay: the real Controller and shipped policy on a fake clock, resizing the worker
-groups of a RayCluster served over real HTTP by kmock's emulator, through a burst and an idle period; and the
-`elo controller` wiring and its bad arguments."""
+"""The whole control loop over KubeRay: `elo controller`'s wiring (build_kuberay_controller) with the shipped policy
+on a fake clock, against a RayCluster served over real HTTP by kmock's emulator and a simulated Ray head (Serve's REST
+API, the router's control endpoints) over real HTTP too, through a burst and an idle period; and the wiring's parts
+and `elo controller`'s bad arguments."""
 
 from __future__ import annotations
 
@@ -11,25 +12,33 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from deployments.config import AppConfig
+from orchestrator.control.adapters.base import NodeInfo
 from orchestrator.control.adapters.kuberay import REQUIRED_ACCESS, KubeRayPoolBackend, RetryPolicy
 from orchestrator.control.adapters.router import ObservedMetrics
 from orchestrator.control.adapters.serve_placement import ServeReplicaPlacement
 from orchestrator.control.adapters.serve_scaler import ServeScaler
 from orchestrator.control.config import DEFAULT_POLICY_PATH, ConfigError, PolicyFile
 from orchestrator.control.journal import DecisionLog
-from orchestrator.control.loop import Controller
 from orchestrator.control.policy_reload import watch_policy_file
-from orchestrator.kube import build_kuberay_controller, controller_command, parse_groups, reloader, run_until_signalled
+from orchestrator.kube import (
+    _until_done,
+    build_kuberay_controller,
+    controller_command,
+    parse_groups,
+    reloader,
+    run_until_signalled,
+)
 from tests.unit.kube_api import PODS, RAYCLUSTERS, FakeKubeRay, KubeServer, kube_server, raycluster, worker_group
 from tests.unit.kube_api import worker_pod as make_pod
+from tests.unit.ray_head import SimulatedRouter, SimulatedServe, head_server
 
 NS = "serving"
 WALL0 = 1_750_000_000.0
@@ -47,51 +56,6 @@ class Clocks:
         return WALL0 + self.now
 
 
-class Traffic:
-    """The router's side, scripted: per-pool load windows (``/elo/pools``) and the routing preference it is sent."""
-
-    def __init__(self) -> None:
-        self.load: dict[str, dict[str, Any]] = {}
-        self.preferences: list[dict[str, str]] = []
-
-    def burst(self) -> None:  # more than the edge pool can take: it queues
-        self.load = {"edge": {"arrival_rate_rps": 5.0, "queued": 20, "running": 12}, "cloud": {}}
-
-    def idle(self) -> None:
-        self.load = {"edge": {}, "cloud": {}}
-
-    def pools(self) -> dict[str, dict[str, Any]]:
-        return self.load
-
-    def set_preference(self, preferred_pool_by_class: Mapping[str, str]) -> None:
-        self.preferences.append(dict(preferred_pool_by_class))
-
-
-class Serve:
-    """Serve's side, modelled from the emulated cluster: a replica is ready once a ready pod of its pool's group
-    holds it (one per pod, oldest pods first); the pods holding replicas are busy for the drain rule."""
-
-    def __init__(self, operator: FakeKubeRay) -> None:
-        self.operator = operator
-        self.targets = {"cloud": 0, "edge": 1}
-
-    def _holders(self, pool: str) -> list[str]:
-        ready = [p for p in self.operator.pods(GROUPS[pool]) if p["status"]["phase"] == "Running"]
-        ready.sort(key=lambda p: p["metadata"]["creationTimestamp"])
-        return [p["metadata"]["name"] for p in ready][:self.targets[pool]]
-
-    def set_replicas(self, pool: str, replicas: int) -> None:
-        self.targets[pool] = replicas
-
-    def get_replicas(self, pool: str) -> tuple[int, int]:
-        ready = len(self._holders(pool))
-        return ready, self.targets[pool] - ready
-
-    def replicas_on(self, pods: Mapping[str, str | None]) -> dict[str, int]:
-        busy = {name for pool in self.targets for name in self._holders(pool)}
-        return {name: int(name in busy) for name in pods}
-
-
 @pytest.fixture
 def kube() -> Iterator[KubeServer]:
     with kube_server() as server:
@@ -103,47 +67,115 @@ def group_spec(kube: KubeServer, group: str) -> dict:
     return next(g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == group)
 
 
+class NodeWitness:
+    """What the controller observes of the pools' nodes (ObservedMetrics' backend), passed through unchanged: which
+    pods it saw draining, and how many Serve replicas each held then."""
+
+    def __init__(self, backend: KubeRayPoolBackend, serve: SimulatedServe) -> None:
+        self.backend, self.serve = backend, serve
+        self.draining: dict[str, int] = {}  # pod -> replicas on it when first seen draining
+
+    def list_nodes(self, pool: str) -> list[NodeInfo]:
+        nodes = self.backend.list_nodes(pool)
+        for node in nodes:
+            if node.state == "draining":
+                self.draining.setdefault(node.node_id, self.serve.replicas_on(node.node_id))
+        return nodes
+
+    def measured_startup_s(self, pool: str) -> float | None:
+        return self.backend.measured_startup_s(pool)
+
+
+# The chart's scale-to-zero values (k8s/helm/elo/ci/scale-to-zero-values.yaml): the cloud pool deployed at zero (so
+# Serve starts it with one replica, released by the controller), requests prefer the edge pool.
+APP_CONFIG = AppConfig.model_validate({"pools": {"cloud": {"engine": "vllm", "replicas": 0},
+                                                 "edge": {"engine": "transformers", "max_ongoing_requests": 8,
+                                                          "max_queued_requests": 8}},
+                                       "router": {"default_pool": "edge", "cold_start_wait_s": 240}})
+
+
 def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero(kube, tmp_path):
+    """`elo controller`'s wiring end to end: the Kubernetes API (kmock), the Ray dashboard's Serve API and the
+    router's control endpoints (tests.unit.ray_head) all over real HTTP, through a burst and an idle period."""
     clocks = Clocks()
     kube.call(lambda api: (api.put(RAYCLUSTERS, NS, raycluster("elo", worker_group("cloud-gpu", 0, 0, 2),
                                                                 worker_group("edge-cpu", 1, 1, 3))),
                            api.put(PODS, NS, make_pod("elo-edge-cpu-worker-000", "elo", "edge-cpu", WALL0 - 600,
                                                       WALL0 - 590, ip="10.0.1.1"))))
     operator = FakeKubeRay(kube, "elo", clocks.wall, {"cloud-gpu": 40.0, "edge-cpu": 8.0})
-    serve, traffic = Serve(operator), Traffic()
-    backend = KubeRayPoolBackend(kube.api_client(), NS, GROUPS, raycluster="elo", replicas_on=serve.replicas_on,
-                                 clock=clocks.clock, wall_clock=clocks.wall, retry=RetryPolicy(backoff_s=0.0))
+    serve = SimulatedServe(operator.pods, GROUPS, APP_CONFIG, clock=clocks.clock, wall_clock=clocks.wall,
+                           replica_startup_s={"cloud": 20.0, "edge": 5.0})
+    serve.run_on("edge", "elo-edge-cpu-worker-000", "10.0.1.1")
+    router = SimulatedRouter(serve, APP_CONFIG, clock=clocks.clock)
     policy = PolicyFile.default()
-    controller = Controller(policy, ObservedMetrics(traffic, serve, backend, list(policy.pools), clock=clocks.clock),
-                            serve, backend, traffic, clock=clocks.clock, wall_clock=clocks.wall,
-                            decisions=DecisionLog(tmp_path / "decisions.jsonl"))
-    seen: dict[str, list[int]] = {"cloud-gpu": [], "edge-cpu": []}
+    with head_server(serve, router) as head:
+        controller = build_kuberay_controller(
+            policy, api_client=kube.api_client(), namespace=NS, groups=GROUPS, router_url=head.router_url,
+            dashboard_url=head.dashboard_url, state_dir=tmp_path, raycluster="elo", clock=clocks.clock,
+            wall_clock=clocks.wall, retry=RetryPolicy(backoff_s=0.0))
+        backend = controller.backend
+        assert isinstance(backend, KubeRayPoolBackend) and isinstance(controller.metrics, ObservedMetrics)
+        witness = controller.metrics.backend = NodeWitness(backend, serve)
+        seen: dict[str, list[int]] = {"cloud-gpu": [], "edge-cpu": []}
+        preferences: list[tuple[float, dict[str, str]]] = []  # each tick's plan
 
-    def run(seconds: float) -> None:
-        for _ in range(int(seconds / policy.tick_interval_s)):
-            operator.reconcile()
-            controller.tick()
-            for group in seen:
-                seen[group].append(group_spec(kube, group)["replicas"])
-            clocks.now += policy.tick_interval_s
+        def run(seconds: float) -> None:
+            for _ in range(int(seconds / policy.tick_interval_s)):
+                operator.reconcile()
+                serve.reconcile()
+                plan = controller.tick()
+                assert plan is not None, "the controller could not observe the pools"
+                preferences.append((clocks.now, dict(plan.preferred_pool_by_class)))
+                for group in seen:
+                    seen[group].append(group_spec(kube, group)["replicas"])
+                clocks.now += policy.tick_interval_s
 
-    traffic.burst()
-    run(240)
-    assert max(seen["cloud-gpu"]) == 2 and max(seen["edge-cpu"]) == 3
-    assert [p["status"]["phase"] for p in operator.pods("cloud-gpu")] == ["Running", "Running"]
-    assert serve.get_replicas("cloud") == (2, 0)
-    assert backend.measured_startup_s("cloud") == pytest.approx(40.0)
+        try:
+            # As `elo controller` starts: the pool deployed at zero got one replica from Serve; back to zero.
+            assert controller.scaler.release_pools_deployed_at_zero(list(policy.pools)) == ["cloud"]
+            router.load(concurrent=32, arrival_rps=5.0)  # more than the edge pool can take: it queues
+            run(240)
+            assert max(seen["cloud-gpu"]) == 2 and max(seen["edge-cpu"]) == 3
+            assert [p["status"]["phase"] for p in operator.pods("cloud-gpu")] == ["Running", "Running"]
+            assert (serve.target("cloud"), serve.states("cloud")) == (2, {"RUNNING": 2})
+            assert backend.measured_startup_s("cloud") == pytest.approx(40.0)
+            # Ask -> ready of the replicas, on the fake clock: the pod's start (40 s), then the replica's (20 s).
+            assert controller.scaler.measured_startup_s("cloud") == pytest.approx(65.0)
+            assert router.pools()["cloud"]["running"] == 32  # the router sends the burst to the cloud pool
 
-    traffic.idle()
-    run(720)
+            router.load(concurrent=0, arrival_rps=0.0)
+            run(720)
+        finally:
+            controller.scaler.close()
+            controller.routing.client.close()
     assert group_spec(kube, "cloud-gpu")["replicas"] == 0 and operator.pods("cloud-gpu") == []
     assert group_spec(kube, "edge-cpu")["replicas"] == 1 and len(operator.pods("edge-cpu")) == 1
     assert min(seen["edge-cpu"]) >= 1  # never below the edge pool's minimum
     assert operator.surplus_deleted == []  # every pod removed was named by the backend, never picked by KubeRay
-    assert serve.targets == {"cloud": 0, "edge": 1}
+    assert (serve.target("cloud"), serve.target("edge")) == (0, 1)
+    assert serve.lost == []  # no pod was removed from under a Serve replica
+    # Draining was exercised: pods chosen to go while Serve replicas were on them were kept until those were gone.
+    assert witness.draining and all(witness.draining.values()), witness.draining
+    live_pods = {p["metadata"]["name"] for g in GROUPS.values() for p in operator.pods(g)}
+    assert not set(witness.draining) & live_pods
     decisions = DecisionLog(tmp_path / "decisions.jsonl").tail(10_000)
     assert decisions and not [d["errors"] for d in decisions if d["errors"]]
-    assert traffic.preferences[-1] == {"default": "edge"}  # the burst is over: back to the cheap pool
+    # Serve was asked for exactly the decisions' replica targets, when they changed (after the release at start).
+    target, expected = {"cloud": 0, "edge": 1}, [(0.0, "pool-cloud", 0)]
+    for d in decisions:
+        for pool, t in d["targets"].items():
+            if t["replicas"] != target[pool]:
+                target[pool] = t["replicas"]
+                expected.append((d["at_s"], f"pool-{pool}", t["replicas"]))
+    assert serve.scales == expected
+    posted = {pool: [n for _, d, n in serve.scales if d == f"pool-{pool}"] for pool in GROUPS}
+    assert (max(posted["cloud"]), posted["cloud"][-1], max(posted["edge"]), posted["edge"][-1]) == (2, 0, 3, 1)
+    # The router was told each new preference of the plans, once, and every logged decision names the one it had.
+    assert router.puts == [(at, p) for i, (at, p) in enumerate(preferences) if i == 0 or p != preferences[i - 1][1]]
+    assert [p["default"] for _, p in router.puts] == ["cloud", "edge"]
+    for d in decisions:
+        assert d["preferred_pool_by_class"] == [p for at, p in router.puts if at <= d["at_s"]][-1]
+    assert router.preferences == {"default": "edge"}  # the burst is over: back to the cheap pool
     # Every call on the wire is one the chart's Role grants (REQUIRED_ACCESS), and each of those was used.
     used = {(r.resource.group, r.resource.plural, _verb(r)) for r in kube.requests() if r.resource is not None}
     assert used == set(REQUIRED_ACCESS) - {("ray.io", "rayservices", "get")}, used  # this test names the RayCluster
@@ -235,6 +267,22 @@ def test_the_controller_runs_until_sigterm_and_serves_its_gauges(kube, tmp_path)
 
     assert "elo_controller_ticks_total 1.0" in scraped[0]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_release_at_zero_ends_quietly_when_the_controller_stops_under_it():
+    stop = threading.Event()
+
+    def step() -> list[str]:  # SIGTERM mid-call: run_until_signalled closes the scaler's client under it
+        stop.set()
+        raise RuntimeError("Cannot send a request, as the client has been closed.")
+
+    _until_done(step, stop)
+
+    def failing() -> list[str]:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):  # not stopping: a real failure still surfaces
+        _until_done(failing, threading.Event())
 
 
 def invoke(*args: str) -> tuple[int, str]:
