@@ -5,7 +5,7 @@ Per request, exactly what the router does: the context check (400), ``preferred_
 routing preference, ``preference_order`` and ``choose_pool`` over ``PoolView``s of the simulated pools; ROUTE
 sends it to the pool (a replica slot, else the pool's queue), a refusal is answered with its status and counted
 as rejected demand of the preferred pool. A request that no replica can take at once but that ``choose_pool``
-tells to WAIT (when the routing code has that outcome) is held, re-routed whenever room may have appeared, and
+tells to WAIT is held, re-routed whenever room may have appeared, and
 refused after ``router.cold_start_wait_s`` — as ``Dispatcher._place`` does. Any other outcome is refused with
 429 (see :data:`REFUSAL_STATUS`). A request whose first token has not come ``router.request_timeout_s`` after
 it arrived is dropped with the sim-only status 504.
@@ -17,7 +17,6 @@ signals it sees live. The controller ticks every ``tick_interval_s`` of the poli
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 import random
@@ -48,13 +47,11 @@ from orchestrator.sim.model import SimConfig
 
 # Client-visible status of a refused request, by Outcome name; an outcome not listed (a new one) counts as 429.
 REFUSAL_STATUS: dict[str, int] = {"BUSY": 429, "UNAVAILABLE": 503, "INELIGIBLE": 400}
-# Outcomes meaning "hold the request for decision.pool until it has room" (absent from older routing code).
-_WAIT: Outcome | None = getattr(Outcome, "WAIT", None)
+_WAIT = Outcome.WAIT  # hold the request for decision.pool until it has room (the cold-start bridge)
 STATUS_TIMEOUT = 504  # sim-only: no first token within router.request_timeout_s
 STATUS_LABELS = {200: "ok", 400: "400 ineligible/too long", 429: "429 busy", 503: "503 unavailable",
                  504: "timeout"}
 
-_VIEW_FIELDS = {f.name for f in dataclasses.fields(PoolView)}
 _FIRST_TOKEN, _FINISH, _WAIT_TIMEOUT, _TICK = 2, 3, 4, 5  # NODE_READY=0 and REPLICA_READY=1 come from the cluster
 
 
@@ -195,8 +192,8 @@ class Simulator:
         self._active = 0  # requests routed or waiting, not finished
         r = sim.router
         self._timeout_s = r.request_timeout_s
-        self._wait_s = float(getattr(r, "cold_start_wait_s", 0.0))
-        self._max_waiting_at_zero = int(getattr(r, "max_waiting_at_zero", 0))
+        self._wait_s = float(r.cold_start_wait_s)
+        self._max_waiting_at_zero = r.max_waiting_at_zero
         self._timeline: dict[str, list[float]] = {"t_s": [], "arrival_rps": [], "cost_usd_per_hour": []}
         for name in self.names:
             for key in ("ready", "starting", "nodes", "in_flight", "queued"):
@@ -301,19 +298,9 @@ class Simulator:
     # --- the request path --------------------------------------------------------------------------------------
 
     def _views(self) -> dict[str, PoolView]:
-        views = {}
-        for name, p in self.cluster.pools.items():
-            ps = p.sim
-            extra: dict[str, int] = {}
-            if "starting_replicas" in _VIEW_FIELDS:
-                extra["starting_replicas"] = p.starting()
-            if "waiting" in _VIEW_FIELDS:
-                extra["waiting"] = p.waiting
-            if "max_waiting_at_zero" in _VIEW_FIELDS:
-                extra["max_waiting_at_zero"] = self._max_waiting_at_zero
-            views[name] = PoolView(name, len(p.ready), p.in_flight, ps.max_ongoing_requests,
-                                   ps.max_queued_requests, ps.eligibility, **extra)
-        return views
+        return {name: PoolView(name, len(p.ready), p.in_flight, p.sim.max_ongoing_requests, p.sim.max_queued_requests,
+                               p.sim.eligibility, p.starting(), p.waiting, self._max_waiting_at_zero)
+                for name, p in self.cluster.pools.items()}
 
     def _decide(self, idx: int) -> tuple[Any, list[str]]:
         features = RequestFeatures(prompt_tokens=self._p[idx], max_tokens=self._o[idx])
