@@ -163,7 +163,8 @@ def print_welcome(config: AppConfig, endpoint: Endpoint, controller: bool = Fals
     print(f"r = client.chat.completions.create(model=\"{name}\", messages=[{{\"role\": \"user\", "
           f"\"content\": \"What are you?\"}}], max_tokens=48, temperature=0)")
     print("print(r.choices[0].message.content)\n")
-    print("Header 'x-slo-class: batch' prefers the edge pool; the 'x-elo-pool' response header names the pool that served.")
+    print("The 'x-elo-pool' response header names the pool that served; header 'x-slo-class: <class>' picks a class "
+          "(router.slo_class_preferences maps classes to pools).")
     if controller:
         print("The autoscaling controller is running: watch it with `elo status --watch 2` while you send load, "
               "e.g. `elo bench serve -n 200 -c 24`.")

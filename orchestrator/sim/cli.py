@@ -146,7 +146,8 @@ def simulate(
         for r, s in zip(results, summaries, strict=True):
             written.append(plot_run(r, s, out / f"{_slug(s.label)}.png"))
         if compare:
-            written.append(plot_compare(summaries, out / "compare.png"))
+            written.append(plot_compare(summaries, out / "compare.png", title=f"{trace.name}: {len(workload):,} "
+                                        f"requests, policy {pf.policy.name} (darker) vs baselines"))
     console.print("wrote " + ", ".join(str(p) for p in written), markup=False, highlight=False)
 
 
@@ -258,7 +259,10 @@ def sim2real(
                                                    "of sending requests.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write both sides (and the live records) as JSON here.")]
     = None,
-    seed: int = 0,
+    rate_scale: Annotated[float, typer.Option(help="Scale the number of requests of the slice (each row kept "
+                                              "floor(k) times plus once more with probability frac(k), seeded, as "
+                                              "elo simulate); both halves replay the same requests.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the prompts, the rate scaling and the simulation.")] = 0,
 ) -> None:
     """Replay a trace slice live (through `elo bench`'s load generator, against `elo run`) and in the simulator;
     print predicted vs measured replica-seconds and latency percentiles side by side."""
@@ -273,44 +277,54 @@ def sim2real(
         load_live_run,
         run_live,
         sim_side,
+        workload_rows,
         write_comparison,
     )
 
     _quiet()
+    if not rate_scale > 0:
+        raise typer.BadParameter(f"must be > 0, got {rate_scale}", param_hint="--rate-scale")
     rows, pf, sim = _load(trace, policy, sim_config, trace_sort=False, trace_start=trace_start, trace_limit=None,
                           max_duration_s=slice_s, time_scale=time_scale)
     clamp_p, clamp_o = sim.workload.max_prompt_tokens, sim.workload.max_output_tokens
+    workload = prepare_workload(rows, rate_scale=rate_scale, seed=seed, max_prompt_tokens=clamp_p,
+                                max_output_tokens=clamp_o)
+    slice_params = {"trace": str(trace), "slice_s": slice_s, "trace_start": trace_start, "time_scale": time_scale,
+                    "rate_scale": rate_scale, "seed": seed, "requests": len(workload)}
     if live_json is not None:
         try:
             live = load_live_run(live_json)
         except (OSError, ValueError) as e:
             raise _fail(f"{live_json}: not a recorded live run: {e}") from e
+        differ = [f"{k} {live.params[k]!r} (now {v!r})" for k, v in slice_params.items()
+                  if k in live.params and k != "trace" and live.params[k] != v]
+        if differ or len(live.records) != len(workload):
+            console.print(f"[yellow]{live_json} was recorded with another slice: " + (", ".join(differ) or
+                          f"{len(live.records)} live requests, {len(workload)} simulated") + "[/yellow]")
     else:  # pragma: no cover - needs a running cluster
         try:
             factory = load_prompt_factory(tokenizer)
         except (OSError, ValueError) as e:
             raise typer.BadParameter(f"cannot load tokenizer {tokenizer!r}: {e}", param_hint="--tokenizer") from e
-        plan = build_plan(trace=rows, prompt_factory=factory, max_prompt_tokens=clamp_p, max_output_tokens=clamp_o,
-                          seed=seed)
+        plan = build_plan(trace=workload_rows(workload), prompt_factory=factory, seed=seed)
         console.print(f"[bold]live[/bold] {endpoint}: {len(plan.requests)} requests over {slice_s:g} s of "
-                      f"{trace.name} (then {tail_s:g} s more of pool readings)")
+                      f"{trace.name} (rate x{rate_scale:g}; then {tail_s:g} s more of pool readings)")
         try:
             live = asyncio.run(run_live(plan.requests, LiveConfig(endpoint, model=model, poll_s=poll_s,
-                                                                  tail_s=tail_s)))
+                                                                  tail_s=tail_s), slice_params))
         except Exception as e:  # connection refused, no /elo/pools, ...
             raise _fail(f"live replay against {endpoint} failed: {e} (is `elo run` running?)", 1) from e
-    workload = prepare_workload(rows, max_prompt_tokens=clamp_p, max_output_tokens=clamp_o)
     initial = {p: live.initial_ready.get(p, sim.pools[p].initial_replicas) for p in sim.pools}
     result = simulate(workload, pf, sim, seed=seed, label="simulated", initial_replicas=initial)
     a, b = live_side(live), sim_side(result, live.window_s)
-    console.print(comparison_table(a, b, title=f"sim-to-real: {len(rows)} requests of {trace.name}, "
+    scaled = f" (rate x{rate_scale:g} of {len(rows)} rows)" if rate_scale != 1.0 else ""
+    console.print(comparison_table(a, b, title=f"sim-to-real: {len(workload)} requests{scaled} of {trace.name}, "
                                    f"pools at start {initial}"))
     if any(p.profile.placeholder for p in sim.pools.values()):
         console.print("[yellow]the sim config uses PLACEHOLDER profiles: fit them first (`elo bench profile`)"
                       "[/yellow]")
     if out is not None:
-        params = {"trace": str(trace), "slice_s": slice_s, "trace_start": trace_start, "time_scale": time_scale,
-                  "endpoint": endpoint, "policy": str(policy or "default_policy.yaml"),
+        params = {**slice_params, "endpoint": endpoint, "policy": str(policy or "default_policy.yaml"),
                   "sim_config": str(sim_config or "default_sim.yaml"), "initial_replicas": initial}
         console.print(f"wrote {write_comparison(out, a, b, live, params)}", markup=False, highlight=False)
 
@@ -345,9 +359,10 @@ def bench_profile(
                           + ", ".join(str(r) for r in runs), max_concurrency=max_concurrency)
     except ValueError as e:
         raise _fail(f"cannot fit a profile: {e}") from e
+    quality = fit.quality.lines() if fit.quality else []
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(dump_profile(fit.profile, "Replica profile for the simulator (orchestrator/sim/profile.py).\n"
-                                   + "\n".join(fit.notes)), encoding="utf-8")
+                                   + "\n".join([*fit.notes, *quality])), encoding="utf-8")
     t = Table(title=f"{label}: prefill {fit.profile.prefill_tokens_per_s:,.0f} tokens/s", header_style="bold")
     for col in ("concurrency", "TTFT overhead", "TPOT"):
         t.add_column(col, justify="right")
@@ -356,4 +371,20 @@ def bench_profile(
     console.print(t)
     for note in fit.notes:
         console.print(f"  {note}", markup=False, highlight=False)
+    if fit.quality is not None:
+        q = Table(title="fit quality: median measured vs predicted by the profile (ms; no prefill queue)",
+                  header_style="bold", title_justify="left")
+        for col in ("conc.", "prompt", "reqs", "TTFT", "pred.", "err", "E2E", "pred.", "err", "1 chunk"):
+            q.add_column(col, justify="right")
+        ms = (lambda x: "-" if x is None else f"{x * 1000:,.0f}")  # noqa: E731
+        for c in fit.quality.cells:
+            e2e_err = c.e2e_error
+            q.add_row(str(c.concurrency), str(c.prompt_tokens), str(c.requests), ms(c.ttft_measured_s),
+                      ms(c.ttft_predicted_s), f"{c.ttft_error:+.0%}", ms(c.e2e_measured_s), ms(c.e2e_predicted_s),
+                      "-" if e2e_err is None else f"{e2e_err:+.0%}", f"{c.one_chunk_share:.0%}")
+        console.print(q)
+        console.print(fit.quality.summary(), markup=False, highlight=False)
+        if any(c.one_chunk_share >= 0.2 for c in fit.quality.cells):
+            console.print("  'one chunk': requests whose whole output arrived with the first chunk (TTFT ~ E2E: the "
+                          "stream stalled); their TTFT includes decoding", markup=False, highlight=False)
     console.print(f"wrote {output}", markup=False, highlight=False)

@@ -129,18 +129,84 @@ def dump_profile(profile: ReplicaProfile, header: str = "") -> str:
 
 @dataclass(frozen=True)
 class Sample:
-    """One successful request of a closed-loop bench run: its concurrency, prompt length, TTFT and TPOT."""
+    """One successful request of a closed-loop bench run: its concurrency, prompt length, TTFT and TPOT (and, from
+    bench records, its end-to-end latency and output tokens, for the fit's quality check)."""
 
     concurrency: int
     prompt_tokens: int
     ttft_s: float
     tpot_s: float | None
+    e2e_s: float | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class FitCell:
+    """Measured medians of one (concurrency, prompt length) group against what the fitted profile predicts for it
+    (prompt / prefill rate + overhead; E2E adds (median output tokens - 1) x TPOT; no prefill queue)."""
+
+    concurrency: int
+    prompt_tokens: int
+    requests: int
+    ttft_measured_s: float
+    ttft_predicted_s: float
+    e2e_measured_s: float | None
+    e2e_predicted_s: float | None
+    one_chunk_share: float  # requests (2+ output tokens) whose whole output arrived with the first chunk
+
+    @property
+    def ttft_error(self) -> float:
+        """Relative error of the predicted median TTFT (predicted / measured - 1)."""
+        return self.ttft_predicted_s / self.ttft_measured_s - 1 if self.ttft_measured_s > 0 else 0.0
+
+    @property
+    def e2e_error(self) -> float | None:
+        if self.e2e_measured_s is None or self.e2e_predicted_s is None or self.e2e_measured_s <= 0:
+            return None
+        return self.e2e_predicted_s / self.e2e_measured_s - 1
+
+
+@dataclass(frozen=True)
+class FitQuality:
+    """How well the fitted profile reproduces its own bench runs."""
+
+    cells: tuple[FitCell, ...]
+    ttft_r2: float | None  # per request: 1 - SS(residual of TTFT vs the fitted formula) / SS(TTFT around its mean)
+
+    @property
+    def worst_ttft_error(self) -> float:
+        return max((abs(c.ttft_error) for c in self.cells), default=0.0)
+
+    @property
+    def worst_e2e_error(self) -> float | None:
+        errs = [abs(e) for c in self.cells if (e := c.e2e_error) is not None]
+        return max(errs) if errs else None
+
+    def summary(self) -> str:
+        r2 = "n/a" if self.ttft_r2 is None else f"{self.ttft_r2:.2f}"
+        e2e = self.worst_e2e_error
+        return (f"fit quality over {len(self.cells)} (concurrency, prompt) groups: median TTFT within "
+                f"{self.worst_ttft_error:.0%}, median E2E within " + ("n/a" if e2e is None else f"{e2e:.0%}")
+                + f" (worst group); per-request TTFT R^2 {r2}")
+
+    def lines(self) -> list[str]:
+        """One line per group (for a profile file's header)."""
+        out = [self.summary()]
+        for c in self.cells:
+            e2e = ("" if c.e2e_measured_s is None or c.e2e_predicted_s is None else
+                   f", E2E {c.e2e_measured_s * 1000:,.0f} -> {c.e2e_predicted_s * 1000:,.0f} ms ({c.e2e_error:+.0%})")
+            chunk = f", {c.one_chunk_share:.0%} in one chunk" if c.one_chunk_share > 0 else ""
+            out.append(f"  c={c.concurrency} prompt={c.prompt_tokens} ({c.requests} req): median TTFT "
+                       f"{c.ttft_measured_s * 1000:,.0f} -> {c.ttft_predicted_s * 1000:,.0f} ms ({c.ttft_error:+.0%})"
+                       f"{e2e}{chunk}")
+        return out
 
 
 @dataclass(frozen=True)
 class Fit:
     profile: ReplicaProfile
     notes: tuple[str, ...]
+    quality: FitQuality | None = None
 
 
 def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
@@ -158,12 +224,13 @@ def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
         raise ValueError("no successful request with a TTFT and a prompt length to fit")
     levels = sorted({s.concurrency for s in ok})
     notes: list[str] = []
-    slope = _prefill_slope(ok, levels)
+    slope, why = _prefill_slope(ok, levels)
+    if why:
+        notes.append(why)
     if slope is None:
         low = [s for s in ok if s.concurrency == levels[0]]
         slope = statistics.median(s.ttft_s / s.prompt_tokens for s in low)
-        notes.append(f"prompt lengths do not vary within a concurrency: the whole TTFT at concurrency {levels[0]} "
-                     "is counted as prefill (conservative); bench two prompt lengths to separate them")
+        notes.append(f"the whole TTFT at concurrency {levels[0]} is counted as prefill (conservative)")
     points = []
     for c in levels:
         group = [s for s in ok if s.concurrency == c]
@@ -182,14 +249,35 @@ def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
                                                         points[0].concurrency),
         prefill_tokens_per_s=round(1.0 / slope, 3), points=points,
     )
-    return Fit(profile, tuple(notes))
+    return Fit(profile, tuple(notes), fit_quality(profile, ok))
 
 
-def _prefill_slope(samples: Sequence[Sample], levels: list[int]) -> float | None:
-    """Shared slope of TTFT over prompt tokens with per-concurrency intercepts; None if not identifiable/positive."""
-    varied = any(len({s.prompt_tokens for s in samples if s.concurrency == c}) > 1 for c in levels)
-    if not varied:
-        return None
+def fit_quality(profile: ReplicaProfile, samples: Sequence[Sample]) -> FitQuality:
+    """Per (concurrency, prompt length): measured medians vs the profile's prediction; and the TTFT R^2."""
+    groups: dict[tuple[int, int], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.concurrency, s.prompt_tokens), []).append(s)
+    cells = []
+    residuals, ttfts = [], []
+    for (c, prompt), group in sorted(groups.items()):
+        ttft_pred = prompt / profile.prefill_tokens_per_s + profile.ttft_overhead_s(c)
+        e2es = [s.e2e_s for s in group if s.e2e_s is not None]
+        outs = [s.output_tokens for s in group if s.output_tokens is not None]
+        e2e_pred = (ttft_pred + max(statistics.median(outs) - 1, 0) * profile.tpot_s(c)) if outs else None
+        multi = [s for s in group if s.e2e_s is not None and (s.output_tokens or 0) > 1]
+        one_chunk = sum(1 for s in multi if s.e2e_s - s.ttft_s < 0.05 * s.e2e_s)  # type: ignore[operator]
+        cells.append(FitCell(c, prompt, len(group), statistics.median(s.ttft_s for s in group), ttft_pred,
+                             statistics.median(e2es) if e2es else None, e2e_pred,
+                             one_chunk / len(multi) if multi else 0.0))
+        residuals += [s.ttft_s - ttft_pred for s in group]
+        ttfts += [s.ttft_s for s in group]
+    y = np.asarray(ttfts, float)
+    ss_tot = float(((y - y.mean()) ** 2).sum()) if len(y) > 1 else 0.0
+    r2 = 1.0 - float((np.asarray(residuals) ** 2).sum()) / ss_tot if ss_tot > 0 else None
+    return FitQuality(tuple(cells), r2)
+
+
+def _lstsq_slope(samples: Sequence[Sample], levels: Sequence[int]) -> float:
     x = np.zeros((len(samples), len(levels) + 1))
     y = np.array([s.ttft_s for s in samples])
     col = {c: i for i, c in enumerate(levels)}
@@ -197,8 +285,29 @@ def _prefill_slope(samples: Sequence[Sample], levels: list[int]) -> float | None
         x[row, col[s.concurrency]] = 1.0
         x[row, -1] = s.prompt_tokens
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    slope = float(coef[-1])
-    return slope if slope > 0 else None
+    return float(coef[-1])
+
+
+def _prefill_slope(samples: Sequence[Sample], levels: list[int]) -> tuple[float | None, str | None]:
+    """Slope of TTFT over prompt tokens (seconds per token) and a note when it is not the shared fit.
+
+    The shared slope: least squares with one intercept per concurrency. When it is not positive (high-concurrency
+    runs can be too noisy for it), the slope of the lowest concurrency whose own fit is positive; None when
+    prompt lengths do not vary within any concurrency or no concurrency's TTFT grows with the prompt."""
+    varied = [c for c in levels if len({s.prompt_tokens for s in samples if s.concurrency == c}) > 1]
+    if not varied:
+        return None, ("prompt lengths do not vary within a concurrency: prefill cannot be separated from the "
+                      "overhead; bench two prompt lengths to separate them")
+    shared = _lstsq_slope(samples, levels)
+    if shared > 0:
+        return shared, None
+    for c in varied:
+        own = _lstsq_slope([s for s in samples if s.concurrency == c], [c])
+        if own > 0:
+            return own, (f"TTFT does not grow with the prompt over all concurrencies together (shared slope "
+                         f"{shared * 1000:+.4f} ms/token): the prefill rate is taken from concurrency {c} alone")
+    return None, (f"TTFT does not grow with the prompt at any concurrency (shared slope {shared * 1000:+.4f} "
+                  "ms/token): prefill cannot be separated from the overhead")
 
 
 def samples_from_bench(path: str | Path, pool: str | None = None) -> list[Sample]:
@@ -219,12 +328,14 @@ def samples_from_bench(path: str | Path, pool: str | None = None) -> list[Sample
             continue
         prompt = r.prompt_tokens or r.planned_prompt_tokens
         if prompt:
-            out.append(Sample(c, int(prompt), r.ttft_s, r.tpot_s))
+            out.append(Sample(c, int(prompt), r.ttft_s, r.tpot_s, r.e2e_s, r.output_tokens))
     return out
 
 
 __all__ = [
     "Fit",
+    "FitCell",
+    "FitQuality",
     "ProfilePoint",
     "ReplicaProfile",
     "Sample",
@@ -232,6 +343,7 @@ __all__ = [
     "SimConfigError",
     "dump_profile",
     "fit_profile",
+    "fit_quality",
     "load_profile",
     "samples_from_bench",
 ]

@@ -231,11 +231,13 @@ def plot_run(result: SimResult, summary: RunSummary, path: str | Path, bin_s: fl
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
-    ax2.plot(t, tl["cost_usd_per_hour"], color="grey", lw=0.7, alpha=0.35)
+    ax2.plot(t, tl["cost_usd_per_hour"], color="grey", lw=0.8, alpha=0.5)
     ax2.set_ylabel("fleet $/h (grey)", color="grey")
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
-    ax.legend(loc="upper left", fontsize=8, ncol=len(result.pool_names), framealpha=0.8)
+    # above the panel: inside it, the legend hides the first minutes of the replica lines
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=8, ncol=2 * len(result.pool_names),
+              frameon=False, borderaxespad=0.2)
 
     ax = axes[2]
     ok = result.status == 200
@@ -249,6 +251,8 @@ def plot_run(result: SimResult, summary: RunSummary, path: str | Path, bin_s: fl
         ax.plot(mid, p95, color=color, lw=1.2, label=f"{name} p95 (by arrival bin)")
         ax.axhline(slo, color=color, ls=":", lw=1, label=f"{name} SLO {slo:g} s")
     ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, max(hi, result.slo.ttft_p95_s, result.slo.e2e_p95_s) * 6)  # room above the SLO lines: legend
     ax.set_ylabel("seconds")
     ax.set_xlabel("minutes" if minutes else "seconds")
     ax.legend(loc="upper right", fontsize=8, ncol=2)
@@ -266,25 +270,40 @@ def plot_run(result: SimResult, summary: RunSummary, path: str | Path, bin_s: fl
     return out
 
 
-def plot_compare(summaries: Sequence[RunSummary], path: str | Path) -> Path:
-    """Cost (x oracle) and SLO attainment per run, side by side."""
+def plot_compare(summaries: Sequence[RunSummary], path: str | Path, title: str | None = None) -> Path:
+    """Cost (x oracle) and SLO attainment per run, side by side, each bar labelled with its value; the first run
+    (the policy under test) drawn darker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [s.label for s in summaries]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.55 * len(summaries) + 1.8), constrained_layout=True)
     ratios = [s.cost_ratio_to_oracle if s.cost_ratio_to_oracle is not None else math.nan for s in summaries]
-    a.barh(labels, ratios, color="tab:blue")
+    shade = ["tab:blue" if i else "navy" for i in range(len(summaries))]
+    bars = a.barh(labels, ratios, color=shade)
+    a.bar_label(bars, labels=[f" {r:.2f}x  (${s.cost_usd:,.2f})" if math.isfinite(r) else " -"
+                              for r, s in zip(ratios, summaries, strict=True)], fontsize=9)
+    finite = [r for r in ratios if math.isfinite(r)]
+    a.set_xlim(0, max(finite, default=1.0) * 1.35)
     a.axvline(1.0, color="black", lw=0.8)
-    a.set_xlabel("cost / clairvoyant bound")
+    a.set_xlabel("cost / clairvoyant bound (lower is cheaper)")
     a.invert_yaxis()
-    b.barh(labels, [s.slo_attainment * 100 for s in summaries], color="tab:green")
-    b.set_xlabel("SLO attainment (%)")
-    b.set_xlim(0, 100)
+    att = [s.slo_attainment * 100 for s in summaries]
+    bars = b.barh(labels, att, color=["tab:green" if i else "darkgreen" for i in range(len(summaries))])
+    b.bar_label(bars, labels=[f" {x:.1f}%" for x in att], fontsize=9)
+    b.set_xlabel(f"SLO attainment, % of all requests (TTFT <= {summaries[0].slo_ttft_s:g} s and E2E <= "
+                 f"{summaries[0].slo_e2e_s:g} s)" if summaries else "SLO attainment (%)")
+    b.set_xlim(0, 112)
+    b.set_xticks(range(0, 101, 20))
     b.invert_yaxis()
     b.set_yticklabels([])
+    for ax in (a, b):
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    if title:
+        fig.suptitle(title, fontsize=10)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
 from orchestrator.bench.stats import RequestRecord
-from orchestrator.sim.engine import STATUS_LABELS, SimResult
+from orchestrator.bench.trace import TraceRequest
+from orchestrator.sim.engine import STATUS_LABELS, SimResult, Workload
 from orchestrator.sim.report import Latency
 
 
@@ -162,7 +163,14 @@ class LiveConfig:
     endpoint_kind: str = "completions"  # exact prompt token counts (no chat template)
 
 
-async def run_live(plan_requests: Sequence[Any], cfg: LiveConfig) -> LiveRun:  # pragma: no cover - needs a cluster
+def workload_rows(workload: Workload) -> list[TraceRequest]:
+    """The simulated requests as trace rows (after rate scaling and clamps): what the live half sends."""
+    return [TraceRequest(float(a), int(p), int(o))
+            for a, p, o in zip(workload.arrival_s, workload.prompt_tokens, workload.output_tokens, strict=True)]
+
+
+async def run_live(plan_requests: Sequence[Any], cfg: LiveConfig,
+                   params: Mapping[str, Any] | None = None) -> LiveRun:  # pragma: no cover - needs a cluster
     """Send the planned requests at their trace times and poll ``/elo/pools`` meanwhile."""
     import asyncio
     import time
@@ -182,6 +190,7 @@ async def run_live(plan_requests: Sequence[Any], cfg: LiveConfig) -> LiveRun:  #
         model = cfg.model or await fetch_first_model(f"{base}/v1", cfg.api_key)
         samples: list[tuple[float, dict[str, int]]] = []
         t0 = time.perf_counter()
+        started_at = time.time()  # wall clock of t0: aligns the run with the controller's decision log
         stop = asyncio.Event()
 
         async def poll() -> None:
@@ -205,8 +214,9 @@ async def run_live(plan_requests: Sequence[Any], cfg: LiveConfig) -> LiveRun:  #
         await poller
     return LiveRun(endpoint=cfg.endpoint, records=list(result.records), pool_samples=samples,
                    window_s=load_end + cfg.tail_s, initial_ready=initial,
-                   params={"model": model, "poll_s": cfg.poll_s, "tail_s": cfg.tail_s})
+                   params={**(params or {}), "model": model, "poll_s": cfg.poll_s, "tail_s": cfg.tail_s,
+                           "started_at_unix": started_at})
 
 
 __all__ = ["LiveConfig", "LiveRun", "Side", "comparison_rows", "comparison_table", "integrate_ready",
-           "live_side", "load_live_run", "run_live", "sim_side", "write_comparison"]
+           "live_side", "load_live_run", "run_live", "sim_side", "workload_rows", "write_comparison"]

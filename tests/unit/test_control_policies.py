@@ -186,6 +186,14 @@ def test_measured_startup_replaces_the_configured_horizon():
     assert "by +90s" in plan.reason
 
 
+def test_a_measured_node_start_alone_does_not_shorten_the_configured_horizon():
+    # The first nodes join in ~2 s, long before any replica was measured: vLLM still needs its configured 45 s.
+    policy = CostAware(config())
+    snap = ClusterSnapshot.of(0, PoolSnapshot("edge", 1, ready_nodes=1), PoolSnapshot("cloud", node_startup_s=2.0))
+    plan, _ = policy(snap, PolicyState(), 0)
+    assert "by +45s" in plan.reason
+
+
 def test_cloud_keeps_capacity_for_requests_it_is_still_serving():
     policy = CostAware(config())
     world = World(cloud=2, edge=1)

@@ -168,6 +168,41 @@ def test_sim2real_cli_compares_a_recorded_live_run(files: dict[str, Path]) -> No
     assert again.exit_code == 0, again.output  # an --out file holds its live half too
 
 
+def test_the_live_half_replays_exactly_the_simulated_requests_after_rate_scaling() -> None:
+    from orchestrator.sim.engine import prepare_workload
+    from orchestrator.sim.sim2real import workload_rows
+
+    rows = synthetic_trace(4.0, 60, prompt_tokens=2000, output_tokens=300, seed=1)
+    w = prepare_workload(rows, rate_scale=0.5, seed=3, max_prompt_tokens=900, max_output_tokens=124)
+    live = workload_rows(w)
+    assert 0.3 * len(rows) < len(live) == len(w) < 0.7 * len(rows)
+    assert [r.arrival_s for r in live] == pytest.approx(w.arrival_s.tolist()) and live[0].arrival_s == 0.0
+    assert {(r.prompt_tokens, r.output_tokens) for r in live} == {(900, 124)}
+
+
+def test_sim2real_rate_scale_thins_the_slice_and_a_recorded_run_of_another_slice_is_flagged(
+        files: dict[str, Path]) -> None:
+    live = files["dir"] / "live.json"
+    recorded = recorded_live()
+    live.write_text(recorded.model_copy(update={"params": {"rate_scale": 1.0, "slice_s": 20.0}}).model_dump_json())
+    out = files["dir"] / "s2r.json"
+    args = ["sim2real", "--trace", str(files["trace"]), "--slice-s", "60", "--policy", str(files["policy"]),
+            "--sim-config", str(files["sim"]), "--live-json", str(live), "--out", str(out)]
+    full = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert full.exit_code == 0, full.output
+    n_full = json.loads(out.read_text())["simulated"]["requests"]
+    half = runner.invoke(app, [*args, "--rate-scale", "0.5"], env={"COLUMNS": "200"})
+    assert half.exit_code == 0, half.output
+    doc = json.loads(out.read_text())
+    assert doc["params"]["rate_scale"] == 0.5 and doc["params"]["requests"] == doc["simulated"]["requests"]
+    assert 0.3 * n_full < doc["simulated"]["requests"] < 0.7 * n_full
+    assert "recorded with another slice" in half.output and "rate_scale 1.0 (now 0.5)" in half.output
+    # the title counts the requests replayed, not the trace rows before scaling
+    assert f"sim-to-real: {doc['simulated']['requests']} requests (rate x0.5 of {n_full} rows)" in half.output
+    bad = runner.invoke(app, [*args, "--rate-scale", "0"])
+    assert bad.exit_code == 2
+
+
 def test_bench_profile_fits_runs_into_a_profile_the_simulator_loads(tmp_path: Path) -> None:
     from orchestrator.bench.report import build_report, write_report
     from orchestrator.bench.stats import summarize
@@ -186,5 +221,7 @@ def test_bench_profile_fits_runs_into_a_profile_the_simulator_loads(tmp_path: Pa
     p = load_profile(out)
     assert p.prefill_tokens_per_s == pytest.approx(4000, rel=0.01)
     assert [pt.concurrency for pt in p.points] == [1, 4]
+    assert "fit quality over 3 (concurrency, prompt) groups: median TTFT within 0%" in r.output
+    assert "# fit quality over 3" in out.read_text()  # the file keeps it in its header
     bad = runner.invoke(app, ["bench", "profile", str(tmp_path / "missing.json"), "-o", str(out)])
     assert bad.exit_code == 2

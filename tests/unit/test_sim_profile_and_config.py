@@ -41,7 +41,10 @@ def test_every_shipped_profile_loads_and_says_where_its_numbers_come_from() -> N
     for path in PROFILES.glob("*.yaml"):
         p = load_profile(path)
         assert p.source.strip()
-    assert load_profile(PROFILES / "demo_cloud_vllm_cpu.yaml").placeholder
+    for demo in ("demo_cloud_vllm_cpu.yaml", "demo_edge_transformers.yaml"):  # measured with `elo bench profile`
+        measured = load_profile(PROFILES / demo)
+        assert not measured.placeholder and measured.source.startswith("measured")
+        assert "MEASURED" in (PROFILES / demo).read_text().splitlines()[0]  # the header says when, where and how
     gpu = load_profile(PROFILES / "cloud_gpu_h100_llama31_8b.yaml")
     assert not gpu.placeholder and "https://" in gpu.source
 
@@ -64,7 +67,8 @@ def known_samples(prompts: list[int], seed: int = 0) -> list[Sample]:
         for p in prompts:
             for _ in range(30):
                 noise = 1 + rng.uniform(-0.02, 0.02)
-                out.append(Sample(c, p, (o + p / 5000) * noise, (0.010 + 0.001 * (c - 1)) * noise))
+                ttft, tpot = (o + p / 5000) * noise, (0.010 + 0.001 * (c - 1)) * noise
+                out.append(Sample(c, p, ttft, tpot, ttft + 31 * tpot, 32))
     return out
 
 
@@ -78,9 +82,39 @@ def test_fitting_recovers_the_prefill_rate_and_per_concurrency_overheads() -> No
     assert p.max_concurrency == 8
 
 
+def test_the_fit_reports_its_quality_against_its_own_runs() -> None:
+    q = fit_profile(known_samples([64, 512]), name="known", source="test").quality
+    assert q is not None and len(q.cells) == 6  # 3 concurrencies x 2 prompt lengths
+    cell = next(c for c in q.cells if (c.concurrency, c.prompt_tokens) == (4, 512))
+    assert cell.requests == 30 and cell.ttft_measured_s == pytest.approx(0.05 + 512 / 5000, rel=0.03)
+    assert cell.ttft_predicted_s == pytest.approx(cell.ttft_measured_s, rel=0.05)
+    assert cell.e2e_predicted_s == pytest.approx(cell.e2e_measured_s, rel=0.05) and cell.one_chunk_share == 0
+    assert q.worst_ttft_error < 0.05 and q.worst_e2e_error < 0.05 and q.ttft_r2 > 0.95
+    assert "median TTFT within" in q.summary() and len(q.lines()) == 7
+
+
+def test_the_fit_counts_requests_whose_whole_output_came_in_one_chunk() -> None:
+    stalled = [Sample(8, 32, 1.2, 0.0001, 1.2 + 63 * 0.0001, 64)] * 3 + [Sample(8, 32, 0.1, 0.015, 1.045, 64)]
+    q = fit_profile(stalled, name="stalls", source="test").quality
+    assert q is not None and q.cells[0].one_chunk_share == pytest.approx(0.75)
+
+
+def test_a_noisy_shared_prefill_slope_falls_back_to_the_lowest_concurrency_and_says_why() -> None:
+    # concurrency 1 is clean (5000 tokens/s); at 16 long prompts came back *faster* (stalls on short ones)
+    samples = [s for s in known_samples([64, 512]) if s.concurrency == 1]
+    samples += [Sample(16, 64, 1.3, 0.02, 2.6, 64)] * 60 + [Sample(16, 512, 0.4, 0.03, 2.3, 64)] * 60
+    fit = fit_profile(samples, name="noisy", source="test")
+    assert fit.profile.prefill_tokens_per_s == pytest.approx(5000, rel=0.05)
+    assert any("taken from concurrency 1 alone" in n for n in fit.notes)
+    assert not any("do not vary" in n for n in fit.notes)  # they do vary: the old note said so wrongly
+    # no concurrency where TTFT grows with the prompt: conservative, and the note names the reason
+    fit = fit_profile([s for s in samples if s.concurrency == 16], name="noisy", source="test")
+    assert any("at any concurrency" in n for n in fit.notes) and any("conservative" in n for n in fit.notes)
+
+
 def test_fitting_one_prompt_length_counts_ttft_as_prefill_and_says_so() -> None:
     fit = fit_profile(known_samples([256]), name="one length", source="test")
-    assert any("conservative" in n for n in fit.notes)
+    assert any("conservative" in n for n in fit.notes) and any("do not vary" in n for n in fit.notes)
     assert fit.profile.points[0].ttft_overhead_s == pytest.approx(0.0, abs=1e-3)
     with pytest.raises(ValueError, match="no successful request"):
         fit_profile([], name="x", source="y")
@@ -97,7 +131,8 @@ def write_bench(path: Path, mode: str, concurrency: int | None, records: bool = 
 
 def test_bench_runs_become_samples_and_need_closed_loop_records(tmp_path: Path) -> None:
     samples = samples_from_bench(write_bench(tmp_path / "c4.json", "concurrency", 4))
-    assert len(samples) == 20 and samples[0] == Sample(4, 128, pytest.approx(0.09), pytest.approx((1.0 - 0.09) / 31))
+    assert len(samples) == 20 and samples[0] == Sample(4, 128, pytest.approx(0.09), pytest.approx((1.0 - 0.09) / 31),
+                                                       pytest.approx(1.0), 32)
     assert samples_from_bench(tmp_path / "c4.json", pool="cloud") == []
     with pytest.raises(SimConfigError, match="closed-loop"):
         samples_from_bench(write_bench(tmp_path / "r.json", "rate", None))
@@ -108,7 +143,7 @@ def test_bench_runs_become_samples_and_need_closed_loop_records(tmp_path: Path) 
 def test_the_default_sim_config_loads_with_its_profiles() -> None:
     sim = load_sim_config()
     assert set(sim.pools) == {"cloud", "edge"}
-    assert sim.pools["cloud"].profile.placeholder
+    assert not any(p.profile.placeholder for p in sim.pools.values())  # the demo profiles are measured
     sim.check_matches(policy_file())  # same pools as the shipped policy's
 
 

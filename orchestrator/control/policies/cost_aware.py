@@ -220,9 +220,10 @@ class CostAware:
 
 
 def _horizon_s(p: PoolSnapshot, pc: PoolPolicy) -> float:
-    """How far ahead a new replica of this pool must be asked for: measured startup, else the configured one."""
-    measured = [s for s in (p.replica_startup_s, p.node_startup_s) if s is not None]
-    return max(measured) if measured else pc.startup_s
+    """How far ahead a new replica of this pool must be asked for: its measured ask -> ready (node start
+    included), else the configured startup_s; never less than a measured node start alone."""
+    replica = p.replica_startup_s if p.replica_startup_s is not None else pc.startup_s
+    return max(replica, p.node_startup_s or 0.0)
 
 
 def _slo_miss_ratio(p: PoolSnapshot, ttft_slo_s: float, e2e_slo_s: float) -> float:
