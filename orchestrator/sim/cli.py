@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +35,13 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def _quiet() -> None:
     # The controller logs every failed action as a warning; in a replay that is noise (the report counts them).
     logging.getLogger("orchestrator.control").setLevel(logging.ERROR)
+
+
+def _check_positive(*options: tuple[str, float]) -> None:
+    """Scale factors must be finite and > 0 (inf or nan would replay nothing, or forever)."""
+    for hint, v in options:
+        if not (math.isfinite(v) and v > 0):
+            raise typer.BadParameter(f"must be a finite number > 0, got {v}", param_hint=hint)
 
 
 def _load(trace: Path, policy: Path | None, sim_config: Path | None, *, trace_sort: bool, trace_start: int,
@@ -102,9 +110,7 @@ def simulate(
     )
 
     _quiet()
-    for hint, v in (("--speedup", speedup), ("--rate-scale", rate_scale)):
-        if not v > 0:
-            raise typer.BadParameter(f"must be > 0, got {v}", param_hint=hint)
+    _check_positive(("--speedup", speedup), ("--rate-scale", rate_scale))
     rows, pf, sim = _load(trace, policy, sim_config, trace_sort=trace_sort, trace_start=trace_start,
                           trace_limit=trace_limit, max_duration_s=max_duration_s)
     seed_ = sim.seed if seed is None else seed
@@ -182,6 +188,7 @@ def tune(
     from orchestrator.sim.tune import tune as run_tune
 
     _quiet()
+    _check_positive(("--speedup", speedup), ("--rate-scale", rate_scale))
     rows, pf, sim = _load(trace, policy, sim_config, trace_sort=trace_sort, trace_start=trace_start,
                           trace_limit=trace_limit, max_duration_s=max_duration_s)
     try:
@@ -282,8 +289,7 @@ def sim2real(
     )
 
     _quiet()
-    if not rate_scale > 0:
-        raise typer.BadParameter(f"must be > 0, got {rate_scale}", param_hint="--rate-scale")
+    _check_positive(("--rate-scale", rate_scale), ("--time-scale", time_scale))
     rows, pf, sim = _load(trace, policy, sim_config, trace_sort=False, trace_start=trace_start, trace_limit=None,
                           max_duration_s=slice_s, time_scale=time_scale)
     clamp_p, clamp_o = sim.workload.max_prompt_tokens, sim.workload.max_output_tokens

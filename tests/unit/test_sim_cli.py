@@ -88,6 +88,23 @@ def test_an_unsorted_trace_can_be_sorted_instead(files: dict[str, Path]) -> None
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("simulate", "--speedup", "inf"), ("simulate", "--rate-scale", "0"), ("simulate", "--speedup", "nan"),
+    ("tune", "--rate-scale", "-1"), ("sim2real", "--time-scale", "inf"),
+])
+def test_a_scale_factor_that_is_not_finite_and_positive_is_refused_naming_the_option(
+        files: dict[str, Path], command: str, option: str, value: str) -> None:
+    args = [command, "--trace", str(files["trace"]), "--policy", str(files["policy"]), option, value]
+    if command == "tune":
+        args += ["--space", str(files["dir"] / "no-space.yaml")]
+    if command != "sim2real":
+        args += ["--sim-config", str(files["sim"])]
+    r = runner.invoke(app, args, env={"COLUMNS": "300"})
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and option in out and "must be a finite number > 0" in out, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), "a clear error, not a traceback"
+
+
 def test_a_bad_sim_config_stops_simulate_with_its_line(files: dict[str, Path]) -> None:
     files["sim"].write_text(files["sim"].read_text().replace("drain_s:", "drain_seconds:"))
     r = runner.invoke(app, ["simulate", "--trace", str(files["trace"]), "--sim-config", str(files["sim"])],
