@@ -97,16 +97,18 @@ def apply_initial_replicas(config: AppConfig, scaler: ServeScaler, timeout_s: fl
                            clock=time.monotonic, sleep=time.sleep) -> None:
     """Scale the pools configured with ``replicas: 0`` to zero (Serve deploys at least one), retrying while the
     just-submitted app is not visible in the dashboard yet."""
+    configured = {p: c.replicas for p, c in config.pools.items()}
+    if 0 not in configured.values():
+        return
     deadline = clock() + timeout_s
-    for pool in [p for p, c in config.pools.items() if c.replicas == 0]:
-        while True:
-            try:
-                scaler.set_replicas(pool, 0)
-                break
-            except (NotFoundError, TransientError) as e:
-                if clock() >= deadline:
-                    raise TimeoutError(f"could not scale pool {pool!r} to its initial 0 replicas: {e}") from e
-                sleep(1.0)
+    while True:
+        try:
+            scaler.release_pools_deployed_at_zero(list(configured), configured)
+            return
+        except (NotFoundError, TransientError) as e:
+            if clock() >= deadline:
+                raise TimeoutError(f"could not scale the pools configured at 0 replicas to zero: {e}") from e
+            sleep(1.0)
 
 
 def build_controller(policy: PolicyFile, router_url: str, scaler: ServeScaler, backend: LocalPoolBackend,

@@ -30,6 +30,14 @@ class Latency(_Frozen):
     p95_s: float | None
     p99_s: float | None
 
+    @classmethod
+    def of(cls, values_s: Sequence[float] | np.ndarray) -> Latency:
+        """p50/p95/p99 of ``values_s`` (linear interpolation); all None when empty."""
+        if len(values_s) == 0:
+            return cls(p50_s=None, p95_s=None, p99_s=None)
+        p50, p95, p99 = (float(x) for x in np.percentile(np.asarray(values_s, float), (50, 95, 99)))
+        return cls(p50_s=p50, p95_s=p95, p99_s=p99)
+
 
 class PoolSummary(_Frozen):
     replica_hours: float = Field(description="Replica lifetimes (asked -> gone), hours.")
@@ -73,13 +81,6 @@ class RunSummary(_Frozen):
     cost_ratio_to_oracle: float | None = None
 
 
-def _pct(values: np.ndarray) -> Latency:
-    if len(values) == 0:
-        return Latency(p50_s=None, p95_s=None, p99_s=None)
-    p50, p95, p99 = (float(x) for x in np.percentile(values, (50, 95, 99)))
-    return Latency(p50_s=p50, p95_s=p95, p99_s=p99)
-
-
 def summarize(result: SimResult) -> RunSummary:
     """The report fields of one run."""
     st = result.status
@@ -107,7 +108,7 @@ def summarize(result: SimResult) -> RunSummary:
         slo_attainment=float((ttft_ok & e2e_ok).sum() / n) if n else 1.0,
         ttft_attainment=float(ttft_ok.sum() / n) if n else 1.0,
         e2e_attainment=float(e2e_ok.sum() / n) if n else 1.0,
-        ttft=_pct(result.ttft_s[ok]), e2e=_pct(result.e2e_s[ok]), pools=pools,
+        ttft=Latency.of(result.ttft_s[ok]), e2e=Latency.of(result.e2e_s[ok]), pools=pools,
         scaling_actions=sum(a.scale_ups + a.scale_downs for a in result.accounts.values()),
         wall_s=result.wall_s, placeholder_profiles=list(result.placeholder_profiles), notes=list(result.notes),
     )
@@ -263,11 +264,7 @@ def plot_run(result: SimResult, summary: RunSummary, path: str | Path, bin_s: fl
         if summary.placeholder_profiles else ""
     fig.suptitle(f"{summary.label}: ${summary.cost_usd:,.2f}{ratio}, SLO attainment {summary.slo_attainment:.1%}, "
                  f"{summary.dropped:,} of {summary.requests:,} not served{placeholder}", fontsize=10)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_compare(summaries: Sequence[RunSummary], path: str | Path, title: str | None = None) -> Path:
@@ -304,6 +301,13 @@ def plot_compare(summaries: Sequence[RunSummary], path: str | Path, title: str |
         ax.set_axisbelow(True)
     if title:
         fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG (parent folders created) and free it."""
+    import matplotlib.pyplot as plt
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -312,4 +316,4 @@ def plot_compare(summaries: Sequence[RunSummary], path: str | Path, title: str |
 
 
 __all__ = ["Latency", "PoolSummary", "RunSummary", "compare_tables", "plot_compare", "plot_run", "run_table",
-           "summarize", "with_oracle_ratios", "write_json"]
+           "save_figure", "summarize", "with_oracle_ratios", "write_json"]

@@ -52,12 +52,6 @@ class LiveRun(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-def _latency(values: Sequence[float]) -> Latency:
-    if not len(values):
-        return Latency(p50_s=None, p95_s=None, p99_s=None)
-    p50, p95, p99 = (float(x) for x in np.percentile(np.asarray(values, float), (50, 95, 99)))
-    return Latency(p50_s=p50, p95_s=p95, p99_s=p99)
-
 
 def integrate_ready(samples: Sequence[tuple[float, Mapping[str, int]]], window_s: float) -> dict[str, float]:
     """Replica-seconds per pool from piecewise-constant samples (each holds until the next), over [0, window_s]."""
@@ -85,7 +79,7 @@ def live_side(run: LiveRun) -> Side:
             served[r.pool] = served.get(r.pool, 0) + 1
     return Side(label="live", window_s=run.window_s, requests=len(run.records), ok=len(ok), by_status=by_status,
                 ready_replica_seconds=integrate_ready(run.pool_samples, run.window_s), served_by_pool=served,
-                ttft=_latency([r.ttft_s for r in ok if r.ttft_s is not None]), e2e=_latency([r.e2e_s for r in ok]))
+                ttft=Latency.of([r.ttft_s for r in ok if r.ttft_s is not None]), e2e=Latency.of([r.e2e_s for r in ok]))
 
 
 def sim_side(result: SimResult, window_s: float) -> Side:
@@ -98,7 +92,7 @@ def sim_side(result: SimResult, window_s: float) -> Side:
         label="simulated", window_s=window_s, requests=len(result.status), ok=int(ok.sum()), by_status=by_status,
         ready_replica_seconds={p: result.ready_replica_seconds(p, window_s) for p in result.pool_names},
         served_by_pool={p: int((ok & (result.pool == i)).sum()) for i, p in enumerate(result.pool_names)},
-        ttft=_latency(result.ttft_s[ok].tolist()), e2e=_latency(result.e2e_s[ok].tolist()))
+        ttft=Latency.of(result.ttft_s[ok]), e2e=Latency.of(result.e2e_s[ok]))
 
 
 def comparison_rows(live: Side, sim: Side) -> list[tuple[str, str, str, str]]:

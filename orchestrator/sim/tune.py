@@ -36,7 +36,7 @@ from orchestrator.control.policies import build_policy, resolve_policy
 from orchestrator.sim._yaml import SimConfigError, line_of, load_model, read_yaml
 from orchestrator.sim.engine import Workload, simulate
 from orchestrator.sim.model import SimConfig
-from orchestrator.sim.report import RunSummary, summarize
+from orchestrator.sim.report import RunSummary, save_figure, summarize
 
 MAX_GRID = 2000
 
@@ -257,11 +257,7 @@ def plot_front(result: TuneResult, path: str | Path) -> Path:
     ax.set_ylabel("SLO attainment (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 __all__ = ["Candidate", "Range", "SearchSpace", "TuneResult", "apply_knobs", "load_space", "pareto_front",

@@ -346,10 +346,17 @@ def test_pools_configured_at_zero_are_released_once_and_only_if_never_ready():
     assert dashboard.targets["pool-cloud"] == 1
 
 
+def test_releasing_a_pool_whose_deployment_is_not_listed_yet_is_not_found_so_the_caller_retries():
+    dashboard = FakeDashboard()
+    del dashboard.targets["pool-cloud"]
+    with pytest.raises(NotFoundError, match="not listed yet"):
+        serve_scaler(dashboard).release_pools_deployed_at_zero(["cloud"], {"cloud": 0})
+
+
 def test_releasing_pools_before_the_app_is_deployed_is_not_found():
     dashboard = FakeDashboard()
     dashboard.answers.append(httpx.Response(200, json={"applications": {}}))
-    with pytest.raises(NotFoundError, match="not deployed yet"):
+    with pytest.raises(NotFoundError, match="is not deployed .*release pools deployed at zero"):
         serve_scaler(dashboard).release_pools_deployed_at_zero(["cloud"])
 
 

@@ -91,7 +91,7 @@ class ServeScaler:
         previous = details.get("target_num_replicas")
         if isinstance(previous, int) and replicas > previous:
             asked.extend([self._clock()] * (replicas - previous))
-        ready = sum(1 for r in details.get("replicas", ()) if r.get("state") in READY_STATES)
+        ready = _ready_replicas(details)
         while len(asked) > max(0, replicas - ready):  # scaled down: the newest asks are withdrawn
             asked.pop()
         log.info("serve: %s/%s target %s -> %s replicas", self.app_name, deployment,
@@ -113,25 +113,25 @@ class ServeScaler:
         self._measure(pool, ready)
         return ready, max(0, target - ready)
 
-    def release_pools_deployed_at_zero(self, pools: list[str]) -> list[str]:
-        """Serve cannot deploy zero replicas, so a pool whose Serve config says ``replicas: 0`` is deployed with
+    def release_pools_deployed_at_zero(self, pools: list[str], configured: Mapping[str, int] | None = None) -> list[str]:
+        """Serve cannot deploy zero replicas, so a pool whose app config says ``replicas: 0`` is deployed with
         one (``deployments.app``); set those pools to zero while that one replica has never been ready (it waits
         for a node nobody asked for). A pool that has served since (a restarted controller) is left alone.
-        Returns the pools set to zero; raises TransientError/NotFoundError while the app is not deployed."""
-        response = self._request("GET", "/api/serve/applications/", "read Serve applications")
-        try:
-            app = (response.json().get("applications") or {}).get(self.app_name) or {}
-        except ValueError as e:
-            raise TransientError(f"Serve applications: the dashboard answered non-JSON: {response.text[:200]!r}") from e
-        if not app:
-            raise NotFoundError(f"Serve application {self.app_name!r} is not deployed yet")
-        configured = (((app.get("deployed_app_config") or {}).get("args") or {}).get("config") or {}).get("pools") or {}
+        ``configured``: pool -> configured replicas; default: read from the deployed Serve config (config-file
+        deployments such as a RayService). Returns the pools set to zero; raises TransientError/NotFoundError
+        while the app is not deployed."""
+        app = self._application("release pools deployed at zero")
+        if configured is None:
+            config = ((app.get("deployed_app_config") or {}).get("args") or {}).get("config") or {}
+            configured = {p: (c or {}).get("replicas", 1) for p, c in (config.get("pools") or {}).items()}
         released = []
         for pool in pools:
-            if (configured.get(pool) or {}).get("replicas", 1) != 0:
+            if configured.get(pool, 1) != 0:
                 continue
-            details = (app.get("deployments") or {}).get(self.deployment_for(pool)) or {}
-            ready = sum(1 for r in details.get("replicas", ()) if r.get("state") in READY_STATES)
+            details = (app.get("deployments") or {}).get(self.deployment_for(pool))
+            if details is None:  # the app is still being deployed: the caller retries
+                raise NotFoundError(f"pool {pool!r}: deployment {self.deployment_for(pool)!r} not listed yet")
+            ready = _ready_replicas(details)
             if details.get("target_num_replicas") == 1 and ready == 0 and self._last_ready.get(pool, 0) == 0:
                 self.set_replicas(pool, 0)
                 released.append(pool)
@@ -169,7 +169,8 @@ class ServeScaler:
 
     # -- HTTP ----------------------------------------------------------------------------------------------
 
-    def _deployment_details(self, pool: str, deployment: str, *, for_scaling: bool = False) -> Mapping[str, Any]:
+    def _application(self, needed_for: str) -> Mapping[str, Any]:
+        """The app's entry in the dashboard's Serve applications (one GET)."""
         response = self._request("GET", "/api/serve/applications/", "read Serve applications")
         try:
             body = response.json()
@@ -179,7 +180,11 @@ class ServeScaler:
         app = apps.get(self.app_name)
         if app is None:
             raise NotFoundError(f"Serve application {self.app_name!r} is not deployed (deployed: "
-                                f"{', '.join(sorted(apps)) or 'none'}); cannot manage pool {pool!r}")
+                                f"{', '.join(sorted(apps)) or 'none'}); cannot {needed_for}")
+        return app
+
+    def _deployment_details(self, pool: str, deployment: str, *, for_scaling: bool = False) -> Mapping[str, Any]:
+        app = self._application(f"manage pool {pool!r}")
         deployments = app.get("deployments") or {}
         details = deployments.get(deployment)
         if details is None:
@@ -214,6 +219,10 @@ class ServeScaler:
                 raise TransientError(f"{what}: {last} (after {self._attempts} attempts)",
                                      _retry_after_s(response, default=5.0))
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _ready_replicas(details: Mapping[str, Any]) -> int:
+    return sum(1 for r in details.get("replicas", ()) if r.get("state") in READY_STATES)
 
 
 def _server_message(response: httpx.Response) -> str:
