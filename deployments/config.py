@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from deployments.configfile import ConfigError as ConfigError  # re-exported: the app config's error
+from deployments.configfile import load_model
 
 PoolName = str
 Engine = Literal["vllm", "transformers"]
@@ -52,7 +54,8 @@ class PoolConfig(_Strict):
     )
     eligibility: Eligibility = Field(default_factory=Eligibility)
     engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="vllm: extra AsyncEngineArgs (e.g. enforce_eager, max_num_seqs)."
+        default_factory=dict, description="vllm: any `vllm serve` option, engine or server (e.g. enforce_eager, "
+        "max_num_seqs, tool_call_parser); true/false are flags, dicts are JSON."
     )
     quantization: Literal["none", "int8"] = Field(
         "none", description="transformers: int8 dynamic quantization of the Linear layers."
@@ -62,20 +65,64 @@ class PoolConfig(_Strict):
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0}, description="Ray actor options of each replica."
     )
-    stream_interval_ms: float = Field(
-        30.0, ge=0, description="Stream at most one merged delta per this many ms after the first token (0: per token)."
-    )
     health_check_period_s: float = Field(5.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(
+        600.0, gt=0, description="A replica being stopped (scale-down, redeploy, shutdown) finishes the requests it "
+        "is serving for up to this long before it is killed.")
+
+
+# vLLM options of the default cloud pool: eager mode (no graph capture on CPU); tool calls forced through
+# structured output (the xlam parser's JSON path) and "auto" tool choice; JSON without free whitespace, which a small
+# model would otherwise fill forever.
+DEFAULT_VLLM_ARGS: dict[str, Any] = {
+    "enforce_eager": True,
+    "tool_call_parser": "xlam",
+    "enable_auto_tool_choice": True,
+    "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+}
+
+
+class ApiKey(_Strict):
+    """One client key: a bearer token and what it may do."""
+
+    key: str = Field(min_length=8, description="The bearer token (a secret: give it from a Secret or ELO_API_KEYS).")
+    name: str = Field("key", description="Shown in logs; never the key itself.")
+    admin: bool = Field(False, description="May call the control endpoints (/elo/*): the controller's key.")
+    requests_per_minute: int | None = Field(None, ge=1, description="Beyond it: 429 with Retry-After; null: no limit.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Prompt + max_tokens charged at admission; beyond it: 429 with Retry-After.")
+    slo_classes: list[str] | None = Field(
+        None, description="SLO classes (x-slo-class) this key may send; null: any; another class gets 403.")
+    allow_ignore_eos: bool = Field(True, description="May send vLLM's ignore_eos (it makes a request run to "
+                                   "max_tokens); false: 403.")
+
+
+class AuthConfig(_Strict):
+    keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="Client keys; none: the endpoint is open (fine on 127.0.0.1, not on a network). Keys from "
+        "ELO_API_KEYS / ELO_ADMIN_KEYS (comma-separated) in the router's environment are added.")
+    open_metrics: bool = Field(True, description="/metrics without a key (Prometheus scrapes); /healthz is always open.")
 
 
 class RouterConfig(_Strict):
-    default_pool: PoolName = Field("cloud", description="Pool a request prefers when its SLO class says nothing.")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    fill_order: list[PoolName] | None = Field(
+        None,
+        description="Pools in the order the router fills them (cheapest first) until the controller sends its plan; "
+        "null: the CPU (transformers) pools first, then the others in configuration order.",
+    )
     slo_class_header: str = Field("x-slo-class", description="Request header carrying the SLO class.")
     slo_class_preferences: dict[str, PoolName] = Field(
-        default_factory=dict, description="SLO class -> preferred pool (overrides default_pool)."
+        default_factory=dict, description="SLO class -> the pool it fills first (the rest keep the fill order)."
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429/503.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     request_timeout_s: float = Field(600.0, gt=0, description="Upper bound on one request's life.")
+    drain_timeout_s: float = Field(
+        600.0, ge=0,
+        description="On shutdown (elo run stopped, the router replica replaced) the router stops admitting new "
+        "requests (503 with Retry-After) and lets those in flight finish, up to this long.")
     readiness_poll_s: float = Field(1.0, gt=0, description="How often the router refreshes replica readiness.")
     cold_start_wait_s: float = Field(
         180.0, ge=0,
@@ -88,6 +135,11 @@ class RouterConfig(_Strict):
         "the controller scales it up for.",
     )
     metrics_window_s: float = Field(30.0, gt=0, description="Window of the load statistics the controller reads.")
+    probe_every_s: float | None = Field(
+        60.0, gt=0,
+        description="A ready pool that got no request for this long gets the next one it can take within its "
+        "SLO-safe concurrency, so its capacity estimate stays measured; null: never probe.",
+    )
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0},
         description="Ray actor options of the router replica; elastic clusters pin it to the head node "
@@ -101,7 +153,7 @@ class AppConfig(_Strict):
         default_factory=lambda: {
             "cloud": PoolConfig(
                 engine="vllm",
-                engine_args={"enforce_eager": True},
+                engine_args=DEFAULT_VLLM_ARGS,
                 # Ignored by GPU builds; the CPU build reserves this many GiB for its KV cache.
                 ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}},
             ),
@@ -115,32 +167,15 @@ class AppConfig(_Strict):
         if not self.pools:
             raise ValueError("pools: at least one pool is required")
         names = set(self.pools)
-        if self.router.default_pool not in names:
-            raise ValueError(f"router.default_pool {self.router.default_pool!r} is not one of the pools {sorted(names)}")
+        for pool in self.router.fill_order or []:
+            if pool not in names:
+                raise ValueError(f"router.fill_order: {pool!r} is not one of the pools {sorted(names)}")
         for cls, pool in self.router.slo_class_preferences.items():
             if pool not in names:
                 raise ValueError(f"router.slo_class_preferences.{cls}: {pool!r} is not one of the pools {sorted(names)}")
         return self
 
 
-class ConfigError(ValueError):
-    """A configuration file that cannot be used, with the file and field named."""
-
-
 def load_app_config(path: str | Path) -> AppConfig:
-    """Read an AppConfig from YAML, naming the file and the field on error."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    try:
-        return AppConfig.model_validate(data)
-    except ValidationError as e:
-        lines = [f"{path}: invalid configuration:"]
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {where}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from e
+    """Read an AppConfig from YAML, naming the file, the line and the field on error."""
+    return load_model(path, AppConfig, "app config")

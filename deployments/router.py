@@ -1,57 +1,48 @@
-"""The OpenAI-compatible ingress: validates requests, picks a pool per request, streams the answer."""
+"""The OpenAI-compatible ingress: validates requests, picks a pool and a replica per request, and passes the
+replica's bytes through. It serves HTTP itself (uvicorn in its Serve replica), so no Ray hop carries a token."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.auth import Auth, keys_from_env
 from deployments.config import AppConfig
-from deployments.dispatch import DeltaStream, Dispatcher
+from deployments.contract import RouterStats, RoutingPlan, fill_order, router_stats
+from deployments.dispatch import Dispatcher, Opened, ReplicaFailed
 from deployments.protocol import (
     SSE_DONE,
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
-    GenerationDelta,
-    GenerationRequest,
-    ResponseShape,
-    RoutingPreference,
-    parse_request,
+    DetokenizeRequest,
+    TokenizeRequest,
+    engine_features,
+    features_of,
+    parse_json,
     sse_event,
-    usage,
+    validate_request,
 )
-from deployments.routing import RequestFeatures, preference_order, preferred_pool
-from deployments.window import PoolWindow
+from deployments.replica_set import ServeReplicas
+from deployments.routing import RequestFeatures
+from deployments.window import PoolWindow, ServiceSample
 
 log = logging.getLogger("ray.serve")
 
 POOL_HEADER = "x-elo-pool"
-# Serve replica states of a replica that is on its way to serving (RUNNING is ready).
-_STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING")
-
-app = FastAPI(title="Elastic LLM Orchestrator", description="OpenAI-compatible endpoint over cloud and edge pools.")
-
-
-@app.exception_handler(APIError)
-async def _api_error(_: Request, e: APIError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
-    return JSONResponse(APIError(e.status_code, str(e.detail), type=kind).body(), status_code=e.status_code)
 
 
 class _Metrics:
@@ -72,19 +63,52 @@ class _Metrics:
         self.tokens = Counter("elo_tokens", "Tokens processed, by pool and kind.", ["pool", "kind"], registry=r)
         self.in_flight = Gauge("elo_pool_in_flight_requests", "Requests in flight per pool.", ["pool"], registry=r)
         self.ready = Gauge("elo_pool_ready_replicas", "Ready replicas per pool.", ["pool"], registry=r)
-        self.retries = Counter("elo_retries", "Requests retried after a replica failed before the first token.", ["pool"], registry=r)
+        self.retries = Counter("elo_retries", "Requests retried after a replica failed before answering.", ["pool"],
+                               registry=r)
+
+
+@dataclass
+class Call:
+    """One request on its way: what the router parsed, and what it measured of the answer."""
+
+    path: str
+    body: bytes
+    features: RequestFeatures
+    prompt_tokens: int
+    stream: bool
+    wants_usage: bool  # the client asked for the stream's usage chunk
+    started: float
+    first_pool: str = ""
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class _HttpUpstream:
+    """An httpx streaming response as the dispatcher's Upstream."""
+
+    def __init__(self, response: httpx.Response):
+        self.response = response
+        self.status = response.status_code
+        self.headers = response.headers
+
+    def body(self) -> AsyncIterator[bytes]:
+        return self.response.aiter_raw()
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
 
 
 @serve.deployment(max_ongoing_requests=1000)
-@serve.ingress(app)
 class Router:
-    def __init__(
+    async def __init__(
         self,
         config: dict[str, Any],
         model_path: str,
         max_model_len: int,
-        pools: dict[str, DeploymentHandle],
-        pool_deployments: dict[str, str],
+        pools: dict[str, Any],
+        host: str = "127.0.0.1",
+        port: int = 8000,
     ):
         from transformers import AutoTokenizer
 
@@ -93,132 +117,139 @@ class Router:
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.vocab_size = len(self.tokenizer)
-        handles = {name: h.options(stream=True) for name, h in pools.items()}
-        self.pool_deployments = pool_deployments
         self.metrics = _Metrics()
+        self.clock: Callable[[], float] = time.monotonic
+        self.auth = Auth(self.config.router.auth, self.clock, keys_from_env())
+        if not self.auth.enabled and host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("router on %s:%d without API keys: anyone who reaches it may call every endpoint", host, port)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(self.config.router.request_timeout_s, connect=5.0),
+                                      limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512))
         self.dispatch = Dispatcher(
-            self.config,
-            send=lambda pool, gen: handles[pool].generate.remote(gen),
+            self.config, send=self._send, clock=self.clock,
             on_change=lambda pool, n: self.metrics.in_flight.labels(pool).set(n),
             on_retry=lambda pool: self.metrics.retries.labels(pool).inc(),
         )
-        self.clock: Callable[[], float] = time.monotonic
+        self.dispatch.set_features({n: engine_features(c.engine, c.engine_args) for n, c in self.config.pools.items()})
         self.windows = {name: PoolWindow(self.config.router.metrics_window_s) for name in self.config.pools}
-        self.preferences: dict[str, str] = {}  # set by the controller through PUT /elo/routing
-        self._poller = asyncio.get_event_loop().create_task(self._poll_readiness())
+        self.replicas = {name: ServeReplicas(h) for name, h in pools.items()}
+        self.app = build_app(self)
+        self.gate = _Gate(self.app, self.config.router.retry_after_s)
+        self.uvicorn, self.server = _serve(self.gate, host, port)
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_replicas())
 
-    # --- readiness ------------------------------------------------------------------------
+    # --- readiness: pushed by Serve to this process's handles -------------------------------------------------
 
-    async def _poll_readiness(self) -> None:
-        app_name = serve.get_replica_context().app_name
+    async def _refresh_replicas(self) -> None:
+        every_s = min(0.25, self.config.router.readiness_poll_s)
         while True:
-            try:
-                status = await asyncio.to_thread(serve.status)
-                deps = status.applications[app_name].deployments
-                ready, starting = {}, {}
-                for pool, dep in self.pool_deployments.items():
-                    states = deps[dep].replica_states if dep in deps else {}
-                    ready[pool] = int(states.get("RUNNING", 0))
-                    starting[pool] = sum(int(states.get(s, 0)) for s in _STARTING_STATES)
-                    self.metrics.ready.labels(pool).set(ready[pool])
-                self.dispatch.set_ready(ready, starting)
-            except Exception:  # the controller may be restarting: keep the last known readiness
-                log.warning("could not read Serve status; keeping last readiness", exc_info=True)
-            await asyncio.sleep(self.config.router.readiness_poll_s)
+            for pool, replicas in self.replicas.items():
+                try:
+                    self.dispatch.set_replicas(pool, replicas.endpoints())
+                    self.metrics.ready.labels(pool).set(len(self.dispatch.ready(pool)))
+                except Exception:  # Serve's view may be rebuilding: keep the last known replicas
+                    log.warning("could not read the running replicas of %s", pool, exc_info=True)
+            await asyncio.sleep(every_s)
 
-    # --- endpoints ------------------------------------------------------------------------
+    async def _send(self, url: str, path: str, body: bytes) -> _HttpUpstream:
+        request = self.http.build_request("POST", url + path, content=body,
+                                          headers={"content-type": "application/json"})
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.TransportError as e:
+            raise ReplicaFailed(f"{type(e).__name__}: {e}") from e
+        return _HttpUpstream(response)
 
-    @app.get("/healthz")
-    async def healthz(self) -> JSONResponse:
-        ok = any(n > 0 for n in self.dispatch.ready.values())
-        body = {"status": "ok" if ok else "no ready replica", "pools": self._pool_state()}
-        return JSONResponse(body, status_code=200 if ok else 503)
+    async def check_health(self) -> None:
+        if self.server.done():
+            raise RuntimeError("the router's HTTP server stopped")
 
-    @app.get("/elo/pools")
-    async def pools(self) -> dict[str, Any]:
-        return self._pool_state()
+    async def __del__(self) -> None:
+        """Graceful shutdown (Serve calls it before stopping the replica): stop admitting, let what is in flight
+        finish (up to router.drain_timeout_s), then stop serving."""
+        gate = getattr(self, "gate", None)
+        if gate is None:
+            return
+        gate.draining = True
+        log.info("router draining: %d requests in flight", gate.in_flight)
+        try:
+            await asyncio.wait_for(gate.idle.wait(), self.config.router.drain_timeout_s)
+        except TimeoutError:
+            log.warning("router: %d requests still in flight after %.0f s of draining", gate.in_flight,
+                        self.config.router.drain_timeout_s)
+        self.uvicorn.should_exit = True
+        try:
+            await asyncio.wait_for(self.server, 5)
+        except (TimeoutError, asyncio.CancelledError, Exception):
+            self.server.cancel()
 
-    def _pool_state(self) -> dict[str, Any]:
-        now = self.clock()
-        return {
-            n: {"ready_replicas": v.ready_replicas, "starting_replicas": v.starting_replicas,
-                "in_flight": v.in_flight, "slots": v.slots, "queue_limit": v.queue_limit,
-                "running": min(v.in_flight, v.slots), "waiting": v.waiting,
-                # Held for a cold start or queued at a replica: both wait for capacity of this pool.
-                "queued": max(0, v.in_flight - v.slots) + v.waiting, **self.windows[n].summary(now)}
-            for n, v in self.dispatch.views().items()
-        }
+    # --- stats ------------------------------------------------------------------------------------------------
 
-    @app.get("/elo/routing")
-    async def routing(self) -> dict[str, Any]:
-        return {"preferred_pool_by_class": self.preferences}
+    def stats(self) -> RouterStats:
+        return router_stats(self.dispatch.views(), self.windows, self.clock(), self.dispatch.plan,
+                            wall_time_s=time.time())
 
-    @app.put("/elo/routing")
-    async def set_routing(self, request: Request) -> dict[str, Any]:
-        """The controller's routing preference: SLO class (or "default") -> preferred pool."""
-        body: RoutingPreference = parse_request(
-            await request.body(), request.headers.get("content-type"), RoutingPreference
-        )
-        prefs = body.preferred_pool_by_class
-        unknown = sorted(set(prefs.values()) - set(self.config.pools))
+    def set_plan(self, plan: RoutingPlan) -> None:
+        unknown = plan.unknown_pools(list(self.config.pools))
         if unknown:
             raise APIError(400, f"Unknown pools {unknown}; pools are {sorted(self.config.pools)}.",
-                           param="preferred_pool_by_class", code="invalid_value")
-        self.preferences = dict(prefs)
-        return {"preferred_pool_by_class": self.preferences}
+                           param="fill_order", code="invalid_value")
+        self.dispatch.set_plan(plan)
 
-    @app.get("/metrics")
-    async def metrics(self) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # --- the request path -------------------------------------------------------------------------------------
 
-    @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_card()]}
+    def prepare_chat(self, body: ChatCompletionRequest, data: dict[str, Any], slo_class: str | None) -> Call:
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        for m in messages:
+            if m["role"] == "developer":
+                m["role"] = "system"
+            if isinstance(m.get("content"), list):
+                m["content"] = "".join(p["text"] for p in m["content"])
+        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                      tokenize=False)
+        except Exception as e:
+            raise APIError(400, f"The model's chat template cannot render these messages: {e}.",
+                           param="messages", code="invalid_value") from e
+        prompt_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._call("/v1/chat/completions", body, data, prompt_tokens, slo_class)
 
-    @app.get("/v1/models/{model_id:path}")
-    async def model(self, model_id: str) -> dict[str, Any]:
-        self._check_model(model_id)
-        return self._model_card()
+    def prepare_completion(self, body: CompletionRequest, data: dict[str, Any], slo_class: str | None) -> Call:
+        lengths = []
+        for p in body.prompts():
+            if isinstance(p, str):
+                lengths.append(len(self.tokenizer(p)["input_ids"]))
+            else:
+                bad = [t for t in p if t >= self.vocab_size]
+                if bad:
+                    raise APIError(400, f"Token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1}).",
+                                   param="prompt", code="invalid_value")
+                lengths.append(len(p))
+        return self._call("/v1/completions", body, data, max(lengths), slo_class)
 
-    def _model_card(self) -> dict[str, Any]:
-        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "elo",
-                "max_model_len": self.max_model_len}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Response:
-        body: ChatCompletionRequest = parse_request(
-            await request.body(), request.headers.get("content-type"), ChatCompletionRequest
-        )
-        self._check_model(body.model)
-        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return await self._serve(request, body, ids, chat=True)
-
-    @app.post("/v1/completions")
-    async def completions(self, request: Request) -> Response:
-        body: CompletionRequest = parse_request(
-            await request.body(), request.headers.get("content-type"), CompletionRequest
-        )
-        self._check_model(body.model)
-        if isinstance(body.prompt, str):
-            if not body.prompt:
-                raise APIError(400, "'prompt' must not be empty.", param="prompt", code="invalid_value")
-            ids = self.tokenizer(body.prompt)["input_ids"]
-        else:
-            bad = [t for t in body.prompt if not 0 <= t < self.vocab_size]
-            if bad:
-                raise APIError(400, f"Token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1}).",
-                               param="prompt", code="invalid_value")
-            ids = list(body.prompt)
-        return await self._serve(request, body, ids, chat=False)
-
-    def _check_model(self, model: str) -> None:
-        if model != self.model_name:
-            raise APIError(404, f"The model '{model}' does not exist. This endpoint serves '{self.model_name}'.",
+    def _call(self, path: str, body: ChatCompletionRequest | CompletionRequest, data: dict[str, Any],
+              prompt_tokens: int, slo_class: str | None) -> Call:
+        if body.model != self.model_name:
+            raise APIError(404, f"The model '{body.model}' does not exist. This endpoint serves '{self.model_name}'.",
                            param="model", code="model_not_found")
+        self._check_token_ids(body)
+        max_tokens = self._limit_tokens(prompt_tokens, body.requested_max_tokens())
+        wants_usage = body.include_usage()
+        if body.stream and not wants_usage:
+            # The router counts tokens from the usage chunk; the client did not ask for it, so it is dropped.
+            data = {**data, "stream_options": {**(data.get("stream_options") or {}), "include_usage": True}}
+        features = RequestFeatures(prompt_tokens=prompt_tokens, max_tokens=max_tokens, slo_class=slo_class,
+                                   needs=features_of(body))
+        return Call(path, json.dumps(data, separators=(",", ":")).encode(), features, prompt_tokens, body.stream,
+                    wants_usage, self.clock())
 
-    # --- the request path -----------------------------------------------------------------
+    def _check_token_ids(self, body: ChatCompletionRequest | CompletionRequest) -> None:
+        for name, ids in (("logit_bias", [int(k) for k in (body.logit_bias or {})]),
+                          ("stop_token_ids", body.stop_token_ids or [])):
+            bad = [t for t in ids if t >= self.vocab_size]
+            if bad:
+                raise APIError(400, f"Token id {bad[0]} in '{name}' is outside the vocabulary "
+                               f"(0..{self.vocab_size - 1}).", param=name, code="invalid_value")
 
     def _limit_tokens(self, prompt_tokens: int, requested: int | None) -> int:
         limit = self.max_model_len
@@ -241,94 +272,309 @@ class Router:
             )
         return requested
 
-    async def _serve(
-        self, request: Request, body: ChatCompletionRequest | CompletionRequest, ids: list[int], chat: bool
-    ) -> Response:
-        max_tokens = self._limit_tokens(len(ids), body.requested_max_tokens())
-        slo_class = request.headers.get(self.config.router.slo_class_header)
-        features = RequestFeatures(prompt_tokens=len(ids), max_tokens=max_tokens, slo_class=slo_class)
-        order = preference_order(list(self.config.pools), preferred_pool(self.config, slo_class, self.preferences))
-        gen = GenerationRequest(
-            request_id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            prompt_token_ids=ids,
-            max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop_list(),
-            ignore_eos=body.ignore_eos,
-        )
-        started = self.clock()
+    async def serve_call(self, call: Call) -> Response:
+        order = fill_order(self.dispatch.plan, self.config).for_class(call.features.slo_class)
+        call.first_pool = order[0] if order else ""
         try:
-            pool, first, rest = await self.dispatch.open(gen, features, order, self.config.router.request_timeout_s)
-        except APIError as e:  # refused (429/503) or failed twice: demand the preferred pool did not absorb
-            self.metrics.requests.labels(order[0], str(e.status)).inc()
-            self.windows[order[0]].rejected(started)
+            opened = await self.dispatch.open(call.features, call.path, call.body)
+        except APIError as e:  # refused (429/503/400) or failed twice: demand the first pool did not absorb
+            pool = call.first_pool or next(iter(self.config.pools))
+            self.metrics.requests.labels(pool, str(e.status)).inc()
+            self.windows[pool].rejected(self.clock())
             raise
-        ttft = self.clock() - started
-        self.metrics.ttft.labels(pool).observe(ttft)
-        self.windows[pool].arrived(started)
-        self.windows[pool].first_token(started + ttft, ttft)
-        shape = ResponseShape(gen.request_id, self.model_name, chat)
-        headers = {POOL_HEADER: pool}
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = self._events(pool, started, len(ids), first, rest, shape, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        text, last = [first.text], first
+        headers = {POOL_HEADER: opened.pool}
+        status = opened.upstream.status
+        if status >= 400 or not call.stream:
+            return await self._whole(call, opened, headers)
+        return StreamingResponse(self._events(call, opened), status_code=status, media_type="text/event-stream",
+                                 headers=headers)
+
+    async def _whole(self, call: Call, opened: Opened, headers: dict[str, str]) -> Response:
+        """A non-streamed answer (or the replica's own error, passed through: it is the client's)."""
+        status, data = 500, b""
         try:
             async with asyncio.timeout(self.config.router.request_timeout_s):
-                async for d in rest:
-                    text.append(d.text)
-                    last = d
-        except Exception as e:  # includes the request timeout
-            rest.cancel()
-            self._done(pool, started, 500, len(ids), last.completion_tokens)
-            raise APIError(500, f"The {pool} replica failed during generation: {e}", type="server_error") from e
-        self._done(pool, started, 200, len(ids), last.completion_tokens)
-        counts = usage(len(ids), last.completion_tokens)
-        return JSONResponse(shape.full("".join(text), last.finish_reason or "length", counts), headers=headers)
+                chunks = [c async for c in opened.upstream.body()]
+            data = b"".join(chunks)
+            status = opened.upstream.status
+            call.first_token_at = self.clock()
+            if status == 200:
+                call.usage = json.loads(data).get("usage") or {}
+        except (Exception, asyncio.CancelledError) as e:
+            self._done(call, opened, 499 if isinstance(e, asyncio.CancelledError) else 500)
+            await opened.upstream.aclose()
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise APIError(500, f"The {opened.pool} replica failed during generation: {e}", type="server_error") from e
+        await opened.upstream.aclose()
+        self._done(call, opened, status)
+        media = opened.upstream.headers.get("content-type", "application/json")
+        return Response(data, status_code=status, media_type=media, headers=headers)
 
-    def _done(self, pool: str, started: float, status: int, prompt_tokens: int, completion_tokens: int) -> None:
-        self.dispatch.release(pool)
-        now = self.clock()
-        self.metrics.requests.labels(pool, str(status)).inc()
-        self.metrics.latency.labels(pool).observe(now - started)
-        if status == 200:
-            self.windows[pool].finished(now, now - started, completion_tokens)
-        self.metrics.tokens.labels(pool, "prompt").inc(prompt_tokens)
-        self.metrics.tokens.labels(pool, "completion").inc(completion_tokens)
-
-    async def _events(
-        self,
-        pool: str,
-        started: float,
-        prompt_tokens: int,
-        first: GenerationDelta,
-        rest: DeltaStream,
-        shape: ResponseShape,
-        include_usage: bool,
-    ) -> AsyncIterator[bytes]:
-        last, status = first, 500
+    async def _events(self, call: Call, opened: Opened) -> AsyncIterator[bytes]:
+        """The replica's SSE events as they come, whole events per write; the usage chunk the router asked for
+        is read (token counts) and dropped unless the client asked for it too."""
+        status, buf = 500, b""
         try:
-            for chunk in shape.opening() + shape.delta(first, include_usage):
-                yield sse_event(chunk)
             async with asyncio.timeout(self.config.router.request_timeout_s):
-                async for d in rest:
-                    last = d
-                    for chunk in shape.delta(d, include_usage):
-                        yield sse_event(chunk)
-            if include_usage:
-                yield sse_event(shape.usage_chunk(usage(prompt_tokens, last.completion_tokens)))
-            yield SSE_DONE
+                async for chunk in opened.upstream.body():
+                    if call.first_token_at is None:
+                        call.first_token_at = self.clock()
+                    buf += chunk
+                    cut = buf.rfind(b"\n\n")
+                    if cut < 0:
+                        continue
+                    events, buf = buf[: cut + 2], buf[cut + 2:]
+                    if b'"usage":{' in events:
+                        events = self._take_usage(call, events)
+                    if b'data: {"error"' in events:
+                        log.warning("the %s replica streamed an error: %s", opened.pool, events[:300])
+                    if events:
+                        yield events
+            if buf:
+                yield buf
             status = 200
         except asyncio.CancelledError:
-            status = 499  # the client went away: stop the replica's work too
-            rest.cancel()
+            status = 499  # the client went away: closing the upstream stops the replica's work too
             raise
         except Exception as e:
-            log.warning("stream from %s failed after the first token: %r", pool, e)
-            yield sse_event(APIError(500, f"The {pool} replica failed during generation: {e}", type="server_error").body())
+            log.warning("stream from %s failed after the first token: %r", opened.pool, e)
+            yield sse_event(APIError(500, f"The {opened.pool} replica failed during generation: {e}",
+                                     type="server_error").body())
             yield SSE_DONE
         finally:
-            self._done(pool, started, status, prompt_tokens, last.completion_tokens)
+            await opened.upstream.aclose()
+            self._done(call, opened, status)
+
+    def _take_usage(self, call: Call, events: bytes) -> bytes:
+        at = events.find(b'"usage":{')
+        start = events.rfind(b"data: ", 0, at)
+        end = events.find(b"\n\n", at) + 2
+        try:
+            payload = json.loads(events[start + 6: end - 2])
+        except ValueError:
+            return events
+        usage = payload.get("usage") or {}
+        if not payload.get("choices"):
+            call.usage = usage
+            if not call.wants_usage:
+                return events[:start] + events[end:]
+        elif usage:
+            call.usage = usage
+        return events
+
+    def _done(self, call: Call, opened: Opened, status: int) -> None:
+        self.dispatch.release(opened.pool, opened.replica)
+        now = self.clock()
+        pool = opened.pool
+        completion = int(call.usage.get("completion_tokens", 0))
+        prompt = int(call.usage.get("prompt_tokens", call.prompt_tokens))
+        self.metrics.requests.labels(pool, str(status)).inc()
+        self.metrics.latency.labels(pool).observe(now - call.started)
+        self.metrics.tokens.labels(pool, "prompt").inc(prompt)
+        self.metrics.tokens.labels(pool, "completion").inc(completion)
+        w = self.windows[pool]
+        if call.first_token_at is not None:
+            ttft = call.first_token_at - call.started
+            self.metrics.ttft.labels(pool).observe(ttft)
+            w.arrived(call.started)
+            w.first_token(call.first_token_at, ttft)
+        if status == 200 and call.first_token_at is not None:
+            w.finished(now, now - call.started, completion)
+            tpot = (now - call.first_token_at) / (completion - 1) if completion > 1 and call.stream else None
+            w.served(ServiceSample(now, opened.concurrency, prompt, completion, call.first_token_at - opened.sent_at,
+                                   tpot))
+
+    # --- tokenizer endpoints (answered here: the router has the model's tokenizer) -----------------------------
+
+    def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
+        self._check_model_name(body.model)
+        if body.messages is not None:
+            messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
+                        for m in body.messages]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt,
+                                                      tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+        return {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids,
+                "token_strs": self.tokenizer.convert_ids_to_tokens(ids)}
+
+    def detokenize(self, body: DetokenizeRequest) -> dict[str, Any]:
+        self._check_model_name(body.model)
+        bad = [t for t in body.tokens if t >= self.vocab_size]
+        if bad:
+            raise APIError(400, f"Token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1}).",
+                           param="tokens", code="invalid_value")
+        return {"prompt": self.tokenizer.decode(body.tokens)}
+
+    def _check_model_name(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(404, f"The model '{model}' does not exist. This endpoint serves '{self.model_name}'.",
+                           param="model", code="model_not_found")
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "elo",
+                "max_model_len": self.max_model_len}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"Request body of {declared} bytes is over the limit of {limit} bytes.",
+                       code="request_too_large")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise APIError(413, f"Request body is over the limit of {limit} bytes.", code="request_too_large")
+    return bytes(data)
+
+
+def build_app(router: Router) -> FastAPI:
+    """The router's HTTP API (FastAPI) over a Router."""
+    app = FastAPI(title="Elastic LLM Orchestrator", description="OpenAI-compatible endpoint over cloud and edge pools.")
+    limit = router.config.router.max_body_bytes
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
+        return JSONResponse(APIError(e.status_code, str(e.detail), type=kind).body(), status_code=e.status_code)
+
+    async def body_of(request: Request, model: type) -> tuple[Any, dict[str, Any]]:
+        data = parse_json(await read_body(request, limit), request.headers.get("content-type"))
+        return validate_request(data, model), data
+
+    def key_of(request: Request, admin: bool = False) -> Any:
+        return router.auth.authenticate(request.headers.get("authorization"), admin=admin)
+
+    def admit(key: Any, call: Call, body: ChatCompletionRequest | CompletionRequest) -> None:
+        router.auth.admit(key, slo_class=call.features.slo_class, ignore_eos=body.ignore_eos,
+                          tokens=call.prompt_tokens + call.features.max_tokens)
+
+    @app.get("/healthz")
+    @app.get("/-/healthz")
+    async def healthz() -> JSONResponse:
+        stats = router.stats()
+        ok = any(p.ready_replicas > 0 for p in stats.pools.values())
+        body = {"status": "ok" if ok else "no ready replica",
+                "pools": {n: p.ready_replicas for n, p in stats.pools.items()}}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/elo/pools")
+    async def pools(request: Request) -> Response:
+        key_of(request, admin=True)
+        return Response(router.stats().model_dump_json(), media_type="application/json")
+
+    @app.get("/elo/routing")
+    async def routing(request: Request) -> Response:
+        key_of(request, admin=True)
+        plan = router.dispatch.plan
+        return Response(plan.model_dump_json() if plan else "null", media_type="application/json")
+
+    @app.put("/elo/routing")
+    async def set_routing(request: Request) -> Response:
+        key_of(request, admin=True)
+        plan, _ = await body_of(request, RoutingPlan)
+        router.set_plan(plan)
+        return Response(plan.model_dump_json(), media_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        if not router.auth.open_metrics:
+            key_of(request)
+        return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        key_of(request)
+        return {"object": "list", "data": [router.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        key_of(request)
+        router._check_model_name(model_id)
+        return router.model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        key = key_of(request)
+        body, data = await body_of(request, ChatCompletionRequest)
+        call = router.prepare_chat(body, data, request.headers.get(router.config.router.slo_class_header))
+        admit(key, call, body)
+        return await router.serve_call(call)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        key = key_of(request)
+        body, data = await body_of(request, CompletionRequest)
+        call = router.prepare_completion(body, data, request.headers.get(router.config.router.slo_class_header))
+        admit(key, call, body)
+        return await router.serve_call(call)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        key_of(request)
+        body, _ = await body_of(request, TokenizeRequest)
+        return router.tokenize(body)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        key_of(request)
+        body, _ = await body_of(request, DetokenizeRequest)
+        return router.detokenize(body)
+
+    return app
+
+
+class _Gate:
+    """ASGI wrapper: counts the HTTP requests in flight and, once draining, answers new API requests 503 with
+    Retry-After (the client retries elsewhere or later) while those in flight finish."""
+
+    ADMITTED_WHILE_DRAINING = ("/healthz", "/-/healthz", "/metrics", "/elo/")
+
+    def __init__(self, app: Any, retry_after_s: int):
+        self.app = app
+        self.retry_after_s = retry_after_s
+        self.draining = False
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.draining and not scope["path"].startswith(self.ADMITTED_WHILE_DRAINING):
+            err = APIError(503, "The endpoint is shutting down; retry shortly.", type="server_error",
+                           code="draining", headers={"Retry-After": str(self.retry_after_s)})
+            await JSONResponse(err.body(), status_code=503, headers=err.headers)(scope, receive, send)
+            return
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+
+def _serve(app: Any, host: str, port: int) -> tuple[Any, asyncio.Task[None]]:
+    """uvicorn on ``host:port`` in this replica's event loop; SO_REUSEPORT, so a restarted router binds at once."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    server = uvicorn.Server(uvicorn.Config(app, interface="asgi3", log_level="warning", access_log=False, lifespan="off",
+                                           timeout_keep_alive=75))
+    return server, asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+

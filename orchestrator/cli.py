@@ -47,10 +47,16 @@ def run(
     controller: bool = typer.Option(True, help="Run the autoscaling controller on elastic local pools."),
     state_dir: Path | None = typer.Option(None, help="Controller state and decision log (default ~/.cache/elo/controller)."),
     dashboard_port: int = typer.Option(8265, help="Port of the Ray dashboard (Serve's scaling API) on 127.0.0.1."),
+    api_key: list[str] = typer.Option([], "--api-key", help="A client API key (repeatable; also ELO_API_KEYS, "
+                                      "comma-separated). With any key, /v1/* needs 'Authorization: Bearer KEY'."),
+    admin_key: str | None = typer.Option(None, "--admin-key", envvar="ELO_ADMIN_KEY",
+                                         help="Key for /elo/* (controller, elo status); generated when API keys are "
+                                         "on and none is given, and written to STATE_DIR/admin-key."),
 ) -> None:
     """Start the embedded default: local Ray, the demo model, one cloud (vLLM) and one edge (CPU) replica,
     and the autoscaling controller resizing both pools (extra local Ray nodes)."""
-    from orchestrator.control.config import PolicyFile, load_policy_file
+    from orchestrator.control.config import PolicyFile
+    from orchestrator.control.policy_loader import load_policy_file
     from orchestrator.run import Endpoint, run_forever
 
     app_config = _load_config(config)
@@ -66,8 +72,35 @@ def run(
         except ConfigError as e:
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2) from e
-    run_forever(app_config, Endpoint(host, port), cache_dir, ready_timeout_s, policy_file, policy,
-                state_dir or default_state_dir(), dashboard_port)
+    state = state_dir or default_state_dir()
+    app_config, admin = _with_api_keys(app_config, api_key, admin_key, state)
+    run_forever(app_config, Endpoint(host, port, admin), cache_dir, ready_timeout_s, policy_file, policy,
+                state, dashboard_port)
+
+
+def _with_api_keys(config: AppConfig, keys: list[str], admin_key: str | None,
+                   state_dir: Path) -> tuple[AppConfig, str | None]:
+    """The app config with the CLI's and ELO_API_KEYS' keys added, and the admin key (None: auth is off)."""
+    import os
+    import secrets
+
+    from deployments.auth import keys_from_env
+    from deployments.config import ApiKey
+
+    added = [ApiKey(key=k, name=f"cli[{i}]") for i, k in enumerate(keys)] + keys_from_env()
+    auth = config.router.auth
+    if not (auth.keys or added):
+        return config, None
+    admin = admin_key or next((k.key for k in [*auth.keys, *added] if k.admin), None) or secrets.token_urlsafe(24)
+    all_keys = [*auth.keys, *added]
+    if not any(k.key == admin for k in all_keys):
+        all_keys.append(ApiKey(key=admin, name="admin", admin=True))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "admin-key"
+    path.write_text(admin + "\n")
+    os.chmod(path, 0o600)
+    router = config.router.model_copy(update={"auth": auth.model_copy(update={"keys": all_keys})})
+    return config.model_copy(update={"router": router}), admin
 
 
 @app.command()
@@ -75,24 +108,37 @@ def status(
     url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of the endpoint (without /v1)."),
     decisions: Path | None = typer.Option(None, help="Controller decision log (default: the run's state folder)."),
     watch_s: float | None = typer.Option(None, "--watch", help="Refresh every this many seconds until Ctrl-C."),
+    admin_key: str | None = typer.Option(None, "--admin-key", envvar="ELO_ADMIN_KEY",
+                                         help="The router's admin key (default: STATE_DIR/admin-key when present)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON (schema: `elo status --schema`)."),
+    schema: bool = typer.Option(False, "--schema", help="Print the JSON schema of `--json` and exit."),
 ) -> None:
-    """Pools, replicas, queues, $/hour and the controller's last decisions."""
+    """Pools, replicas, queues, capacity at the SLO, $/hour and the controller's last decisions."""
+    import json
     import time
 
     import httpx
     from rich.live import Live
 
-    from orchestrator.status import render_status
+    from orchestrator.status import Status, collect, render_status
 
+    if schema:
+        print(json.dumps(Status.model_json_schema(), indent=2))
+        return
     path = decisions or default_state_dir() / "decisions.jsonl"
+    key_file = path.parent / "admin-key"  # written by `elo run` next to its decision log
+    key = admin_key or (key_file.read_text().strip() if key_file.exists() else None)
     try:
-        if watch_s is None:
-            console.print(render_status(url, path))
+        if as_json:
+            print(collect(url, path, admin_key=key).model_dump_json(indent=2))
             return
-        with Live(render_status(url, path), console=console, refresh_per_second=2) as live:
+        if watch_s is None:
+            console.print(render_status(url, path, admin_key=key))
+            return
+        with Live(render_status(url, path, admin_key=key), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(watch_s)
-                live.update(render_status(url, path))
+                live.update(render_status(url, path, admin_key=key))
     except httpx.HTTPError as e:
         console.print(f"[red]cannot reach {url}: {e}[/] (is `elo run` running?)")
         raise typer.Exit(1) from e

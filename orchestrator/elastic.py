@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deployments.app import pool_deployment_name
 from deployments.config import AppConfig
 from orchestrator.control.adapters.local_backend import HEAD_RESOURCE, LocalPoolBackend, LocalPoolSpec, pool_resource
 from orchestrator.control.adapters.router import ObservedMetrics, RouterClient
@@ -104,16 +105,38 @@ def apply_initial_replicas(config: AppConfig, scaler: ServeScaler, timeout_s: fl
     while True:
         try:
             scaler.release_pools_deployed_at_zero(list(configured), configured)
-            return
+            break
         except (NotFoundError, TransientError) as e:
             if clock() >= deadline:
                 raise TimeoutError(f"could not scale the pools configured at 0 replicas to zero: {e}") from e
             sleep(1.0)
+    _kill_unplaced_replicas([pool_deployment_name(p) for p, n in configured.items() if n == 0], clock, sleep)
+
+
+def _kill_unplaced_replicas(deployments: list[str], clock=time.monotonic, sleep=time.sleep,
+                            settle_s: float = 10.0) -> None:
+    """The replica Serve had to create for a pool deployed at zero never gets a node (its pool has none): Serve
+    would wait its whole graceful-shutdown timeout (minutes, for draining) on an actor that never ran, and the
+    app would stay DEPLOYING. Kill those actors; nothing runs on them."""
+    import ray
+
+    quiet_since = clock()
+    while clock() - quiet_since < settle_s:
+        found = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                 if any(f"#{d}#" in a["name"] for d in deployments)]
+        for a in found:
+            try:
+                ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+            except ValueError:  # already gone
+                pass
+        if found:
+            quiet_since = clock()
+        sleep(0.5)
 
 
 def build_controller(policy: PolicyFile, router_url: str, scaler: ServeScaler, backend: LocalPoolBackend,
-                     state_dir: Path) -> Controller:
-    router = RouterClient(router_url)
+                     state_dir: Path, admin_key: str | None = None) -> Controller:
+    router = RouterClient(router_url, admin_key=admin_key)
     return Controller(
         policy,
         ObservedMetrics(router, scaler, backend, list(policy.pools), clock=time.monotonic),

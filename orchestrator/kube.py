@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from orchestrator.control.config import ConfigError, PolicyFile, load_policy_file
+from orchestrator.control.config import ConfigError, PolicyFile
+from orchestrator.control.policy_loader import load_policy_file
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -96,6 +97,7 @@ def build_kuberay_controller(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     retry: RetryPolicy | None = None,
+    admin_key: str | None = None,
 ) -> Controller:
     """The control loop over KubeRay: :class:`KubeRayPoolBackend` (nodes), :class:`ServeScaler` (replicas) and
     :class:`ObservedMetrics` (router + Serve + pods), its state and decision log under ``state_dir``."""
@@ -111,7 +113,7 @@ def build_kuberay_controller(
                                  raycluster=raycluster, rayservice=rayservice, clock=clock, wall_clock=wall_clock,
                                  retry=retry)
     scaler = ServeScaler(dashboard_url, clock=clock)
-    router = RouterClient(router_url)
+    router = RouterClient(router_url, admin_key=admin_key)
     return Controller(
         policy,
         ObservedMetrics(router, scaler, backend, list(policy.pools), clock=clock),
@@ -163,6 +165,8 @@ def controller_command(
                                           "~/.cache/elo/controller)."),
     metrics_port: int = typer.Option(9090, "--metrics-port", metavar="PORT",
                                      help="Port of the controller's Prometheus metrics; 0: off."),
+    admin_key: str | None = typer.Option(None, "--admin-key", envvar="ELO_ADMIN_KEY", metavar="KEY",
+                                         help="The router's admin key, when API keys are on (/elo/* needs it)."),
 ) -> None:
     """Run the autoscaling controller against KubeRay worker groups until SIGTERM (in a cluster, or from a
     kubeconfig)."""
@@ -197,6 +201,7 @@ def controller_command(
     controller = build_kuberay_controller(
         policy_file, api_client=api_client, namespace=namespace or default_namespace(), groups=groups,
         router_url=router_url, dashboard_url=dashboard_url, state_dir=state_dir, raycluster=raycluster,
+        admin_key=admin_key,
         rayservice=rayservice)
     run_until_signalled(controller, policy, groups, metrics_port)
     log.info("controller stopped")

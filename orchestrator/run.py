@@ -30,6 +30,11 @@ console = Console()
 class Endpoint:
     host: str
     port: int
+    admin_key: str | None = None  # the router's admin key, when API keys are on (the controller and readiness use it)
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
 
     @property
     def base_url(self) -> str:
@@ -65,7 +70,7 @@ def wait_until_ready(
     with console.status("Waiting for replicas to load the model (vLLM takes ~30 s on CPU)...") as status:
         while time.monotonic() < deadline and not (stopped and stopped.is_set()):
             try:
-                state = httpx.get(f"{endpoint.base_url}/elo/pools", timeout=5).json()
+                state = httpx.get(f"{endpoint.base_url}/elo/pools", timeout=5, headers=endpoint.admin_headers).json()["pools"]
                 ready = {p: state.get(p, {}).get("ready_replicas", 0) for p in pools}
                 status.update("Waiting for replicas: " + ", ".join(f"{p} {n} ready" for p, n in ready.items()))
                 if all(n > 0 for n in ready.values()):
@@ -98,8 +103,9 @@ def start(
     with console.status("Starting a local Ray cluster and Ray Serve..."):
         if policy is None:
             ray.init(include_dashboard=True, logging_level="WARNING", log_to_driver=False)
-            serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
-            serve.run(build_app(config, model), name=APP_NAME, route_prefix="/", blocking=False)
+            serve.start(proxy_location="Disabled")  # the router serves the endpoint itself
+            serve.run(build_app(config, model, endpoint.host, endpoint.port), name=APP_NAME, route_prefix=None,
+                      blocking=False)
             return None
         from orchestrator.control.adapters.serve_scaler import ServeScaler
         from orchestrator.elastic import (
@@ -116,16 +122,17 @@ def start(
         try:
             config = pin_pools_to_nodes(config)
             scaler = ServeScaler(dashboard)
-            serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
+            serve.start(proxy_location="Disabled")  # the router serves the endpoint itself
             # serve.run returns once every deployment runs, and Serve cannot deploy zero replicas: a pool that
             # starts at zero is deployed with one (unschedulable: its pool has no node) and scaled to zero
             # from another thread meanwhile.
             with ThreadPoolExecutor(1) as executor:
                 zeroed = executor.submit(apply_initial_replicas, config, scaler)
-                serve.run(build_app(config, model), name=APP_NAME, route_prefix="/", blocking=False,
-                          external_scaler_enabled=True)
+                serve.run(build_app(config, model, endpoint.host, endpoint.port), name=APP_NAME, route_prefix=None,
+                          blocking=False, external_scaler_enabled=True)
                 zeroed.result()
-            controller = build_controller(policy, endpoint.base_url, scaler, backend, state_dir or Path("."))
+            controller = build_controller(policy, endpoint.base_url, scaler, backend, state_dir or Path("."),
+                                          admin_key=endpoint.admin_key)
             return ElasticRuntime(cluster, backend, scaler, controller)
         except BaseException:  # the caller only stops what start() returned: do not leak the nodes
             ray.shutdown()
@@ -159,7 +166,8 @@ def print_welcome(config: AppConfig, endpoint: Endpoint, controller: bool = Fals
     # Plain prints: rich would wrap long lines and break copy-paste.
     print(f"\ncurl:\ncurl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'\n")
     print("openai (Python):")
-    print(f"from openai import OpenAI\nclient = OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")")
+    key = "<your API key>" if config.router.auth.keys else "unused"
+    print(f"from openai import OpenAI\nclient = OpenAI(base_url=\"{url}/v1\", api_key=\"{key}\")")
     print(f"r = client.chat.completions.create(model=\"{name}\", messages=[{{\"role\": \"user\", "
           f"\"content\": \"What are you?\"}}], max_tokens=48, temperature=0)")
     print("print(r.choices[0].message.content)\n")

@@ -5,7 +5,7 @@ Everything in this package is pure: no Ray, no HTTP, no Kubernetes, no clock. Ti
 live control loop, in the trace-replay simulator and in unit tests with a fake clock.
 """
 
-from orchestrator.control.config import ConfigError, PolicyFile, load_policy_file, policy_json_schema
+from orchestrator.control.config import ConfigError, PolicyFile, policy_json_schema
 from orchestrator.control.plan import PoolChange, PoolTarget, ScalePlan
 from orchestrator.control.policies import (
     DEFAULT_REGISTRY,
@@ -16,6 +16,7 @@ from orchestrator.control.policies import (
     build_policy,
     resolve_policy,
 )
+from orchestrator.control.policy_loader import load_policy_file
 from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
 
 __all__ = [

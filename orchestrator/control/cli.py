@@ -10,7 +10,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.control.config import ConfigError, PolicyFile, load_policy_file, policy_json_schema
+from orchestrator.control.config import ConfigError, PolicyFile, policy_json_schema
+from orchestrator.control.policy_loader import load_policy_file
 
 policy_app = typer.Typer(help="Scaling policy files: validate them, export their JSON schema.", no_args_is_help=True)
 console = Console()

@@ -1,24 +1,23 @@
-"""The scaling policy YAML, validated once at the edge: pools and prices, SLO, policy choice, guardrails."""
+"""The scaling policy YAML as models (the ground floor of the control plane): pools, prices and service profiles,
+SLO, policy choice, guardrails. Loading with the policy-name check lives above the registry, in
+:mod:`orchestrator.control.policy_loader`."""
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
-import types
-import typing
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from deployments.config import ConfigError
+from deployments.configfile import ConfigError, StrictModel, load_model
+from deployments.configfile import conflict as _conflict
+from orchestrator.control.capacity import ReplicaProfile
 
 __all__ = [
     "DEFAULT_POLICY_PATH",
+    "PROFILES_DIR",
     "ConfigError",
     "Guardrails",
     "PolicyChoice",
@@ -26,27 +25,36 @@ __all__ = [
     "PoolPolicy",
     "Slo",
     "StrictModel",
-    "line_of",
-    "load_policy_file",
+    "load_profile",
     "policy_json_schema",
-    "read_yaml",
+    "resolve_profile",
 ]
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
+PROFILES_DIR = Path(__file__).parent.parent / "profiles"  # shipped replica profiles, by file stem
 
 # A registry name ("cost_aware") or an import path ("mypkg.policies:my_policy").
 _POLICY_NAME = re.compile(r"^[A-Za-z_][\w]*$|^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-class StrictModel(BaseModel):
-    """Base of every policy-file model: unknown fields are errors, values are immutable."""
+def load_profile(path: str | Path, error: type[ConfigError] = ConfigError) -> ReplicaProfile:
+    """Read a replica profile YAML; ``error`` names the file, line and field."""
+    return load_model(path, ReplicaProfile, "replica profile", error=error)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-def _conflict(message: str, at: tuple[str, ...], **values: Any) -> PydanticCustomError:
-    """A cross-field error; ``at`` is the field path (relative to the model) the loader points the line at."""
-    return PydanticCustomError("conflict", message, {**values, "at": at})
+def resolve_profile(value: Any, base_dir: Path | None, error: type[ConfigError] = ConfigError) -> Any:
+    """A profile field's value: a shipped profile's name (``demo_edge_transformers``), a YAML path (relative to
+    ``base_dir``), or anything else unchanged (an inline mapping, validated by the model)."""
+    if not isinstance(value, str | Path):
+        return value
+    text = str(value)
+    if "/" not in text and not text.endswith((".yaml", ".yml")):
+        shipped = PROFILES_DIR / f"{text}.yaml"
+        if not shipped.exists():
+            known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+            raise ValueError(f"no shipped profile named {text!r} (shipped: {known}); give a path to a YAML file")
+        return load_profile(shipped, error)
+    return load_profile((base_dir or Path(".")) / text, error)
 
 
 class PoolPolicy(StrictModel):
@@ -75,6 +83,20 @@ class PoolPolicy(StrictModel):
     max_output_tokens: int | None = Field(
         None, ge=1, description="Largest max_tokens the pool takes; null: no limit."
     )
+    profile: ReplicaProfile | None = Field(
+        None,
+        description="Calibrated service model of one replica (`elo bench profile`): the prior of the capacity at the "
+        "SLO the controller learns from the router's observations. A shipped profile's name, a YAML path relative to "
+        "this file, or inline; null: target_ongoing_requests_per_replica requests at a time until measured.",
+        json_schema_extra=lambda schema: schema.setdefault("anyOf", []).insert(
+            0, {"type": "string", "description": "A shipped profile's name or a YAML path relative to this file."}),
+    )
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _profile_reference(cls, v: Any, info: ValidationInfo) -> Any:
+        base = (info.context or {}).get("base_dir")
+        return resolve_profile(v, Path(base) if base else None)
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> PoolPolicy:
@@ -196,7 +218,7 @@ class PolicyFile(StrictModel):
 
 @functools.cache
 def _default_policy_file() -> PolicyFile:
-    return load_policy_file(DEFAULT_POLICY_PATH)
+    return load_model(DEFAULT_POLICY_PATH, PolicyFile, "policy file", context={"base_dir": DEFAULT_POLICY_PATH.parent})
 
 
 def policy_json_schema() -> dict[str, Any]:
@@ -205,159 +227,3 @@ def policy_json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Elastic LLM orchestrator scaling policy"
     return schema
-
-
-# --- loading, with errors that name the file, the line and the field ---------------------------------------------
-
-
-def load_policy_file(path: str | Path, registry: Mapping[str, Any] | None = None) -> PolicyFile:
-    """Read and validate a policy file; the policy name and its knobs are checked against ``registry``
-    (default: the built-ins). Raises ConfigError naming the file, the line and the field."""
-    path = Path(path)
-    data, root = read_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: expected a mapping of policy settings, got {type(data).__name__}")
-    problems = _duplicate_keys(root, ())
-    if problems:
-        raise _config_error(path, root, problems)
-    try:
-        cfg = PolicyFile.model_validate(data)
-    except ValidationError as e:
-        raise _config_error(path, root, [_describe(err) for err in e.errors()]) from e
-    problems = _check_policy_choice(cfg, registry)
-    if problems:
-        raise _config_error(path, root, problems)
-    return cfg
-
-
-def read_yaml(path: Path, what: str = "", error: type[ConfigError] = ConfigError) -> tuple[Any, yaml.Node | None]:
-    """The parsed document and its node tree (for :func:`line_of`); ``error`` naming the file (and the line)
-    when it cannot be read or is not YAML."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise error(f"{path}: cannot read{' ' + what if what else ''}: {e.strerror or e}") from e
-    try:
-        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise error(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
-
-
-Problem = tuple[tuple[Any, ...], str]  # (field path, message)
-
-
-def _check_policy_choice(cfg: PolicyFile, registry: Mapping[str, Any] | None) -> list[Problem]:
-    # Imported here: the policies import this module for PolicyFile.
-    from orchestrator.control.policies.registry import DEFAULT_REGISTRY, UnknownPolicyError, resolve_policy
-
-    try:
-        factory = resolve_policy(cfg.policy.name, DEFAULT_REGISTRY if registry is None else registry)
-    except UnknownPolicyError as e:
-        return [(("policy", "name"), str(e))]
-    knobs_model = getattr(factory, "Knobs", None)
-    if not (isinstance(knobs_model, type) and issubclass(knobs_model, BaseModel)):
-        return []
-    try:
-        knobs_model.model_validate(cfg.policy.knobs)
-    except ValidationError as e:
-        return [(("policy", "knobs", *loc), msg) for loc, msg in (_describe(err, knobs_model) for err in e.errors())]
-    return []
-
-
-def _describe(err: Mapping[str, Any], model: type[BaseModel] = PolicyFile) -> Problem:
-    loc = tuple(err["loc"])
-    ctx = err.get("ctx") or {}
-    if err["type"] == "conflict":
-        return (*loc, *ctx["at"]), err["msg"]
-    if err["type"] == "extra_forbidden":
-        known = _field_names(model, loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        msg = f"unknown field {loc[-1]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        return loc, msg + (f"; known fields: {', '.join(known)}" if known else "")
-    if err["type"] == "missing":
-        return loc, "required field is missing"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    elif "input" in err and not isinstance(err["input"], dict | list):
-        msg += f" (got {err['input']!r})"
-    return loc, msg
-
-
-def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Fields of the model found at ``loc`` below ``model`` (through dict values and optionals)."""
-    tp: Any = model
-    for part in loc:
-        tp = _unwrap(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = tp.model_fields.get(str(part))
-            if field is None:
-                return []
-            tp = field.annotation
-        elif typing.get_origin(tp) is dict:
-            tp = typing.get_args(tp)[1]
-        else:
-            return []
-    tp = _unwrap(tp)
-    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
-
-
-def _unwrap(tp: Any) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else tp
-    return tp
-
-
-def _duplicate_keys(node: yaml.Node | None, loc: tuple[Any, ...]) -> list[Problem]:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        out: list[Problem] = []
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else None
-            if key is not None and key in seen:
-                out.append(((*loc, key), f"duplicate key {key!r} (YAML would silently keep the last one)"))
-            if key is not None:
-                seen.add(key)
-            out += _duplicate_keys(v, (*loc, key))
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [p for i, v in enumerate(node.value) for p in _duplicate_keys(v, (*loc, i))]
-    return []
-
-
-def line_of(root: yaml.Node | None, loc: tuple[Any, ...], last: bool = False) -> int:
-    """1-based line of the deepest node of ``loc`` present in the YAML tree (the key's line for mapping entries);
-    with ``last``, the last occurrence of a key (duplicate keys)."""
-    if root is None:
-        return 1
-    node, line = root, root.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            hits = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)]
-            if not hits:
-                return line
-            k, node = hits[-1] if last else hits[0]
-            line = k.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def _config_error(path: Path, root: yaml.Node | None, problems: list[Problem]) -> ConfigError:
-    located = sorted(
-        ((line_of(root, loc, last=msg.startswith("duplicate key")), loc, msg) for loc, msg in problems),
-        key=lambda x: x[0],
-    )
-    lines = [f"{path}: invalid policy file ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"]
-    for line, loc, msg in located:
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        lines.append(f"  {path}:{line}: {where}: {msg}")
-    return ConfigError("\n".join(lines))

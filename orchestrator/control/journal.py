@@ -6,13 +6,13 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from orchestrator.control.plan import ScalePlan
 from orchestrator.control.policies import PolicyState
-from orchestrator.control.snapshot import ClusterSnapshot
+from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +53,74 @@ def decision_record(
         "changes": [{"pool": c.pool, "from": asdict(c.current) if c.current else None, "to": asdict(c.target)}
                     for c in plan.changes(snapshot)],
         "drain": list(plan.drain),
-        "preferred_pool_by_class": dict(plan.preferred_pool_by_class),
+        "details": dict(plan.details or {}),
+        "routing": plan.routing.model_dump(mode="json") if plan.routing else None,
         "cost_usd_per_hour": round(cost_usd_per_hour, 4),
-        "observed": {p: asdict(s) for p, s in snapshot.pools.items()},
+        "observed": {p: _observed(s) for p, s in snapshot.pools.items()},
         "metrics_age_s": round(snapshot.metrics_age_s, 3),
         "errors": errors,
     }
 
 
-class DecisionLog:
-    """Appends decisions to a JSON-lines file; reads the last ones back for `elo status`."""
+def _observed(pool: PoolSnapshot) -> dict[str, Any]:
+    """A pool as seen, JSON-ready; the router's per-concurrency samples are summarised (they are in its window)."""
+    out = {f.name: getattr(pool, f.name) for f in fields(pool) if f.name not in ("by_concurrency", "admission")}
+    out["samples"] = sum(c.requests for c in pool.by_concurrency)
+    out["admission"] = pool.admission.model_dump(mode="json") if pool.admission is not None else None
+    return out
 
-    def __init__(self, path: Path):
+
+class DecisionLog:
+    """Appends decisions to a JSON-lines file, rotated at ``max_bytes`` (one previous file, ``.1``, is kept); reads
+    the last ones back for `elo status` from the file's end, not the whole file."""
+
+    def __init__(self, path: Path, max_bytes: int = 16 * 1024 * 1024):
         self.path = Path(path)
+        self.max_bytes = max_bytes
 
     def append(self, record: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        try:
+            if self.path.stat().st_size + len(line) > self.max_bytes:
+                self.path.replace(self.path.with_name(self.path.name + ".1"))
+        except FileNotFoundError:
+            pass
         with self.path.open("a") as f:
-            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+            f.write(line)
 
     def tail(self, n: int) -> list[dict[str, Any]]:
-        return list(self._read())[-n:] if n > 0 else []
+        if n <= 0:
+            return []
+        out = list(self._read_back(self.path, n))
+        if len(out) < n:  # just rotated: the rest from the previous file
+            out = list(self._read_back(self.path.with_name(self.path.name + ".1"), n - len(out))) + out
+        return out
 
-    def _read(self) -> Iterator[dict[str, Any]]:
+    @staticmethod
+    def _read_back(path: Path, n: int, block: int = 65536) -> Iterator[dict[str, Any]]:
+        """The last ``n`` parseable records of ``path``, reading blocks from its end."""
         try:
-            lines = self.path.read_text().splitlines()
+            f = path.open("rb")
         except FileNotFoundError:
             return
-        for line in lines:
+        with f:
+            end = f.seek(0, 2)
+            data, pos = b"", end
+            while pos > 0 and data.count(b"\n") <= n:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+        lines = data.splitlines()
+        if pos > 0:
+            lines = lines[1:]  # the first line may be cut by the block boundary
+        records = []
+        for line in reversed(lines):
             try:
-                yield json.loads(line)
+                records.append(json.loads(line))
             except ValueError:  # a line cut by a crash mid-write
                 continue
+            if len(records) == n:
+                break
+        yield from reversed(records)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from deployments.contract import RoutingPlan
 from orchestrator.control.config import PolicyFile
+from orchestrator.control.errors import PermanentError, TransientError
 from orchestrator.control.journal import DecisionLog, StateStore, decision_record
 from orchestrator.control.plan import ScalePlan
 from orchestrator.control.policies import Policy, PolicyState, build_policy
@@ -32,7 +34,7 @@ class Backend(Protocol):
 
 
 class RoutingSink(Protocol):
-    def set_preference(self, preferred_pool_by_class: Mapping[str, str]) -> None: ...
+    def set_routing(self, plan: RoutingPlan) -> None: ...
 
 
 class ControllerGauges:
@@ -76,7 +78,9 @@ class Controller:
         self.state_store, self.decisions = state_store, decisions
         self.gauges = gauges or ControllerGauges()
         self.state = state_store.load() if state_store else PolicyState()
-        self._pushed_preference: dict[str, str] | None = None
+        self._pushed_routing: RoutingPlan | None = None
+        self._backoff: dict[str, tuple[float, float]] = {}  # step -> (retry not before, next permanent backoff)
+        self.permanent_backoff_s = (30.0, 600.0)  # first and longest wait after a PermanentError
         self._last_hold_logged_s: float | None = None
         self._logged_sizes: dict[str, tuple[int, int, int, int]] | None = None
         self.last_plan: ScalePlan | None = None
@@ -122,16 +126,25 @@ class Controller:
     def _act(self, plan: ScalePlan, snapshot: ClusterSnapshot) -> list[str]:
         """Nodes before replicas when growing; replicas before nodes when shrinking (the backend removes
         a node only once no replica is left on it). Every call is idempotent, so a failed step is simply
-        retried at the next tick."""
+        retried: at the next tick, or after the TransientError's ``delay_s``; a PermanentError is logged once
+        and retried with a growing backoff (30 s, doubling, at most 10 min) until the step succeeds again."""
         errors: list[str] = []
+        now = self.clock()
 
-        def attempt(step: str, fn: Callable[[], None]) -> None:
+        def attempt(step: str, fn: Callable[[], None]) -> bool:
+            not_before, _ = self._backoff.get(step, (0.0, 0.0))
+            if now < not_before:
+                errors.append(f"{step}: backing off until +{not_before - now:.0f}s after an earlier error")
+                return False
             try:
                 fn()
             except Exception as e:
                 self.gauges.errors.labels(step).inc()
                 errors.append(f"{step}: {e}")
-                log.warning("controller: %s failed: %s", step, e)
+                self._back_off(step, e, now)
+                return False
+            self._backoff.pop(step, None)
+            return True
 
         for pool, target in plan.targets.items():
             seen = snapshot.pools.get(pool)
@@ -141,12 +154,27 @@ class Controller:
             steps = [("resize " + pool, resize), ("scale " + pool, scale)]
             for step, fn in steps if growing else reversed(steps):
                 attempt(step, fn)
-        prefs = dict(plan.preferred_pool_by_class)
-        if prefs and prefs != self._pushed_preference:
-            attempt("routing", lambda: self.routing.set_preference(prefs))
-            if not any(e.startswith("routing") for e in errors):
-                self._pushed_preference = prefs
+        routing = _with_starting(plan, snapshot)
+        # Pushed when it changes, and again when the router does not have it (it restarted, or lost it).
+        if routing is not None and (routing != self._pushed_routing or snapshot.routing != routing):
+            if attempt("routing", lambda: self.routing.set_routing(routing)):
+                self._pushed_routing = routing
         return errors
+
+    def _back_off(self, step: str, e: Exception, now: float) -> None:
+        if isinstance(e, PermanentError):
+            _, wait = self._backoff.get(step, (0.0, 0.0))
+            first, longest = self.permanent_backoff_s
+            if wait == 0.0:  # the first time: say it loudly, once
+                log.error("controller: %s failed permanently (retrying every %.0f-%.0f s until fixed): %s",
+                          step, first, longest, e)
+            wait = min(longest, wait * 2) if wait else first
+            self._backoff[step] = (now + wait, wait)
+        else:
+            delay = e.delay_s if isinstance(e, TransientError) else 0.0
+            if delay > 0:
+                self._backoff[step] = (now + delay, 0.0)
+            log.warning("controller: %s failed: %s", step, e)
 
     def _export(self, plan: ScalePlan, snapshot: ClusterSnapshot) -> None:
         g = self.gauges
@@ -174,3 +202,17 @@ def _sizes(snapshot: ClusterSnapshot) -> dict[str, tuple[int, int, int, int]]:
     """Ready/starting replicas and nodes per pool: what a decision-log reader needs to draw the pools over time."""
     return {n: (p.ready_replicas, p.starting_replicas, p.ready_nodes, p.starting_nodes)
             for n, p in snapshot.pools.items()}
+
+
+def _with_starting(plan: ScalePlan, snapshot: ClusterSnapshot) -> RoutingPlan | None:
+    """The plan's routing with the replicas on their way per pool (planned minus ready), so the router holds
+    requests for them through a cold start."""
+    if plan.routing is None:
+        return None
+    starting = {}
+    for pool, target in plan.targets.items():
+        seen = snapshot.pools.get(pool)
+        ready = seen.ready_replicas if seen is not None else 0
+        if target.replicas > ready:
+            starting[pool] = target.replicas - ready
+    return plan.routing.model_copy(update={"starting": starting})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from deployments.contract import RoutingPlan
 from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
 
 
@@ -45,23 +46,24 @@ class PoolChange:
 
 @dataclass(frozen=True)
 class ScalePlan:
-    """Per-pool targets, replicas to drain first, the routing preference, and why.
+    """Per-pool targets, replicas to drain first, the routing plan for the router, and why.
 
-    A pool absent from ``targets`` is left as it is. An empty ``preferred_pool_by_class`` means "keep the
-    router's current preference". "No change" is :meth:`hold`, never ``None``.
+    A pool absent from ``targets`` is left as it is. ``routing`` None means "keep the router's current plan".
+    ``details`` holds the decision's figures per pool (demand, capacity, need), JSON values only, for the decision
+    log and ``elo status``. "No change" is :meth:`hold`, never ``None``.
     """
 
     targets: Mapping[str, PoolTarget]
     reason: str
     drain: tuple[str, ...] = ()
-    preferred_pool_by_class: Mapping[str, str] = field(default_factory=dict)
+    routing: RoutingPlan | None = None
+    details: Mapping[str, object] | None = None
 
     @classmethod
-    def hold(cls, snapshot: ClusterSnapshot, reason: str,
-             preferred_pool_by_class: Mapping[str, str] | None = None) -> ScalePlan:
+    def hold(cls, snapshot: ClusterSnapshot, reason: str, routing: RoutingPlan | None = None) -> ScalePlan:
         """Keep every pool at its current size."""
         targets = {name: PoolTarget.current(pool) for name, pool in snapshot.pools.items()}
-        return cls(targets, reason, preferred_pool_by_class=dict(preferred_pool_by_class or {}))
+        return cls(targets, reason, routing=routing)
 
     def changes(self, snapshot: ClusterSnapshot) -> tuple[PoolChange, ...]:
         """Pools whose target differs from their current size, in target order."""

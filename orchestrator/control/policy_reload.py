@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.control.config import ConfigError, PolicyFile, load_policy_file
+from orchestrator.control.config import ConfigError, PolicyFile
+from orchestrator.control.policy_loader import load_policy_file
 
 log = logging.getLogger(__name__)
 

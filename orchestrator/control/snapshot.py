@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from deployments.contract import ConcurrencyStats, PoolAdmission, PoolStats, RoutingPlan
+from orchestrator.control.capacity import RequestMix
 
 
 @dataclass(frozen=True)
@@ -23,12 +26,33 @@ class PoolSnapshot:
     e2e_p95_s: float | None = None
     replica_startup_s: float | None = None  # measured ask → ready, node start included when one was needed
     node_startup_s: float | None = None  # measured ask → node joined; None: never measured
+    by_concurrency: tuple[ConcurrencyStats, ...] = ()  # the router's service samples of the window, by concurrency
+    window_s: float = 30.0  # the router's metrics window (what the rates and samples cover)
+    max_concurrency_per_replica: int | None = None  # the router's slots per replica (max_ongoing_requests)
+    admission: PoolAdmission | None = None  # what the router applies now (None: not reported)
 
     def __post_init__(self) -> None:
-        for field in ("ready_replicas", "starting_replicas", "ready_nodes", "starting_nodes",
-                      "running_requests", "queued_requests", "arrival_rate_rps", "output_tokens_per_s"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"pool {self.name!r}: {field} must be >= 0, got {getattr(self, field)}")
+        for name in ("ready_replicas", "starting_replicas", "ready_nodes", "starting_nodes",
+                     "running_requests", "queued_requests", "arrival_rate_rps", "output_tokens_per_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"pool {self.name!r}: {name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def of(cls, name: str, stats: PoolStats, *, ready: int, starting: int, ready_nodes: int = 0,
+           starting_nodes: int = 0, replica_startup_s: float | None = None,
+           node_startup_s: float | None = None) -> PoolSnapshot:
+        """A pool from the router's statistics plus the replica and node counts of the actuators (the one reading
+        of ``/elo/pools``, live and in the simulator)."""
+        return cls(
+            name=name, ready_replicas=ready, starting_replicas=starting, ready_nodes=ready_nodes,
+            starting_nodes=starting_nodes, running_requests=stats.running, queued_requests=stats.queued,
+            # Demand includes what the pool was asked for but refused (429s): that is load to scale for.
+            arrival_rate_rps=stats.arrival_rate_rps + stats.rejected_rate_rps,
+            output_tokens_per_s=stats.output_tokens_per_s, ttft_p95_s=stats.ttft_p95_s, e2e_p95_s=stats.e2e_p95_s,
+            replica_startup_s=replica_startup_s, node_startup_s=node_startup_s,
+            by_concurrency=tuple(stats.by_concurrency), window_s=stats.window_s,
+            max_concurrency_per_replica=stats.max_ongoing_per_replica, admission=stats.admission,
+        )
 
     @property
     def replicas(self) -> int:
@@ -52,6 +76,8 @@ class ClusterSnapshot:
     at_s: float
     pools: Mapping[str, PoolSnapshot]
     metrics_age_s: float = 0.0
+    mix: RequestMix = field(default_factory=RequestMix)  # sizes of the latest completed requests (all pools)
+    routing: RoutingPlan | None = None  # the routing plan the router has in force (None: its configured order)
 
     def __post_init__(self) -> None:
         if self.metrics_age_s < 0:
@@ -61,8 +87,9 @@ class ClusterSnapshot:
                 raise ValueError(f"pools[{key!r}] holds pool {pool.name!r}")
 
     @classmethod
-    def of(cls, at_s: float, *pools: PoolSnapshot, metrics_age_s: float = 0.0) -> ClusterSnapshot:
-        return cls(at_s, {p.name: p for p in pools}, metrics_age_s)
+    def of(cls, at_s: float, *pools: PoolSnapshot, metrics_age_s: float = 0.0,
+           mix: RequestMix | None = None, routing: RoutingPlan | None = None) -> ClusterSnapshot:
+        return cls(at_s, {p.name: p for p in pools}, metrics_age_s, mix or RequestMix(), routing)
 
     def age_s(self, now: float) -> float:
         """Age of the metrics at decision time ``now``: their age when observed plus the snapshot's own age."""

@@ -48,7 +48,8 @@ def _load(trace: Path, policy: Path | None, sim_config: Path | None, *, trace_so
           trace_limit: int | None, max_duration_s: float | None, time_scale: float = 1.0) -> tuple[Any, Any, Any]:
     """(trace rows, policy file, sim config), or exit 2 naming the file, line and field at fault."""
     from orchestrator.bench.trace import TraceError, load_trace
-    from orchestrator.control.config import ConfigError, PolicyFile, load_policy_file
+    from orchestrator.control.config import ConfigError, PolicyFile
+    from orchestrator.control.policy_loader import load_policy_file
     from orchestrator.sim.model import load_sim_config
 
     try:
@@ -93,6 +94,9 @@ def simulate(
     max_duration_s: Annotated[float | None, typer.Option(min=0.0, help="Keep rows arriving within this many "
                                                          "seconds.")] = None,
     oracle_bucket_s: Annotated[float, typer.Option(min=1.0, help="Time resolution of the clairvoyant plan.")] = 10.0,
+    target_attainment: Annotated[float, typer.Option(min=0.01, max=1.0, help="SLO attainment the clairvoyant bound "
+                                                     "and the best static mix must reach in replay; a run "
+                                                     "below it is marked 'misses SLO'.")] = 0.99,
     plots: Annotated[bool, typer.Option(help="Draw the PNGs.")] = True,
 ) -> None:
     """Replay a trace through the production router choice and controller on simulated pools; report cost, SLO
@@ -126,16 +130,17 @@ def simulate(
     if placeholders:
         console.print(f"[yellow]profiles of {', '.join(placeholders)} are PLACEHOLDERS, not measurements: "
                       "fit real ones with `elo bench profile`[/yellow]")
-    specs = comparison(workload, pf, sim, bucket_s=oracle_bucket_s) if compare else [policy_under_test(pf, sim)]
+    specs = comparison(workload, pf, sim, bucket_s=oracle_bucket_s, attainment=target_attainment,
+                       seed=seed_) if compare else [policy_under_test(pf, sim)]
     results, summaries = [], []
     for spec in specs:
         r = spec.run(workload, seed=seed_)
         results.append(r)
         summaries.append(summarize(r))
     if compare:
-        summaries = with_oracle_ratios(summaries, specs[-1].label)
+        summaries = with_oracle_ratios(summaries, specs[-1].label, target_attainment)
         for table in compare_tables(summaries, title=f"{trace.name}: policy vs baselines (cost as a ratio to "
-                                    "the clairvoyant bound)"):
+                                    f"the clairvoyant bound meeting {target_attainment:.0%} SLO attainment)"):
             console.print(table)
         for s in summaries:
             for note in s.notes:

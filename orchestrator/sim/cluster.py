@@ -1,9 +1,9 @@
 """Observe and act, simulated: the pools' nodes and replicas on a fake clock, behind the controller's protocols.
 
 :class:`SimCluster` is at once the controller's ``MetricsSource`` (a :class:`ClusterSnapshot` with the fields
-``ObservedMetrics`` fills in production), ``Scaler``/``ReplicaScaler`` (Serve replica counts), ``Backend``/
-``PoolBackend`` (nodes, drained by the shared :func:`choose_scale_down` rule) and ``RoutingSink`` (the router's
-``PUT /elo/routing``). Like the real adapters it is idempotent, moves toward a target and raises only the
+``ObservedMetrics`` fills in production, read from the router's statistics by the same code), ``Scaler``/
+``ReplicaScaler`` (Serve replica counts), ``Backend``/``PoolBackend`` (nodes, drained by the shared
+:func:`choose_scale_down` rule) and ``RoutingSink`` (the router's ``PUT /elo/routing``). Like the real adapters it is idempotent, moves toward a target and raises only the
 project's control errors. Time passes only through the engine's events.
 
 Lifecycle: a node asked for joins after ``node_startup_s``; a replica asked for waits for a free slot on a
@@ -21,11 +21,14 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from deployments.contract import RouterStats, RoutingPlan, router_stats
+from deployments.routing import PoolView
 from deployments.window import PoolWindow
 from orchestrator.control.adapters.base import NodeInfo, choose_scale_down
+from orchestrator.control.adapters.router import cluster_snapshot
 from orchestrator.control.config import PolicyFile, PoolPolicy
 from orchestrator.control.errors import CapacityUnavailableError, NotFoundError, PermanentError
-from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
+from orchestrator.control.snapshot import ClusterSnapshot
 from orchestrator.sim.model import PoolSim, SimConfig
 from orchestrator.sim.profile import ServiceCurve
 
@@ -82,6 +85,7 @@ class SimPool:
     queue: deque[int] = field(default_factory=deque)  # routed here, waiting for a replica slot
     in_flight: int = 0  # routed here and not finished (the router's count)
     waiting: int = 0  # held for this pool until it has room (Outcome.WAIT)
+    last_routed_s: float = 0.0  # when the router last sent it a request (probes)
     startups: deque[float] = field(default_factory=lambda: deque(maxlen=5))  # node ask -> joined
     replica_startups: deque[float] = field(default_factory=lambda: deque(maxlen=5))  # replica ask -> ready
     scale_ups: int = 0
@@ -105,7 +109,9 @@ class SimCluster:
                  clock: Callable[[], float], schedule: Schedule, seed: int,
                  initial_replicas: Mapping[str, int] | None = None) -> None:
         self.clock, self.schedule = clock, schedule
-        self.preferences: dict[str, str] = {}
+        self.routing: RoutingPlan | None = None
+        self.max_waiting_at_zero = sim.router.max_waiting_at_zero
+        self.probe_every_s = sim.router.probe_every_s
         self._seq = 0
         self.pools: dict[str, SimPool] = {}
         for name, ps in sim.pools.items():
@@ -128,11 +134,11 @@ class SimCluster:
 
     # --- RoutingSink -------------------------------------------------------------------------------------------
 
-    def set_preference(self, preferred_pool_by_class: Mapping[str, str]) -> None:
-        unknown = sorted(set(preferred_pool_by_class.values()) - set(self.pools))
+    def set_routing(self, plan: RoutingPlan) -> None:
+        unknown = plan.unknown_pools(list(self.pools))
         if unknown:
             raise PermanentError(f"unknown pools {unknown}; pools are {sorted(self.pools)}")
-        self.preferences = dict(preferred_pool_by_class)
+        self.routing = plan
 
     # --- ReplicaScaler -----------------------------------------------------------------------------------------
 
@@ -204,28 +210,22 @@ class SimCluster:
 
     # --- MetricsSource -----------------------------------------------------------------------------------------
 
+    def views(self, now: float) -> dict[str, PoolView]:
+        """Each pool as the router sees it (before the routing plan is applied)."""
+        probe = self.probe_every_s
+        return {name: PoolView(name, len(p.ready), p.in_flight, p.sim.max_ongoing_requests,
+                               p.sim.max_queued_requests, p.sim.eligibility, p.starting(), p.waiting,
+                               self.max_waiting_at_zero,
+                               probe_due=probe is not None and now - p.last_routed_s >= probe)
+                for name, p in self.pools.items()}
+
+    def stats(self, now: float) -> RouterStats:
+        """What the router publishes on ``/elo/pools`` (the same producer)."""
+        return router_stats(self.views(now), {n: p.window for n, p in self.pools.items()}, now, self.routing)
+
     def snapshot(self, now: float) -> ClusterSnapshot:
         """What ``ObservedMetrics`` builds from ``/elo/pools``, Serve's replica states and the node backend."""
-        out = []
-        for name, p in self.pools.items():
-            s = p.window.summary(now)
-            slots = p.slots
-            out.append(PoolSnapshot(
-                name=name,
-                ready_replicas=len(p.ready),
-                starting_replicas=p.starting(),
-                ready_nodes=sum(1 for n in p.nodes if n.ready_s is not None and not n.draining),
-                starting_nodes=sum(1 for n in p.nodes if n.ready_s is None and not n.draining),
-                running_requests=min(p.in_flight, slots),
-                queued_requests=max(0, p.in_flight - slots) + p.waiting,
-                arrival_rate_rps=float(s["arrival_rate_rps"] or 0.0) + float(s["rejected_rate_rps"] or 0.0),
-                output_tokens_per_s=float(s["output_tokens_per_s"] or 0.0),
-                ttft_p95_s=s["ttft_p95_s"],
-                e2e_p95_s=s["e2e_p95_s"],
-                replica_startup_s=(sum(p.replica_startups) / len(p.replica_startups)) if p.replica_startups else None,
-                node_startup_s=self.measured_startup_s(name),
-            ))
-        return ClusterSnapshot(now, {p.name: p for p in out})
+        return cluster_snapshot(now, self.stats(now), list(self.pools), _ReplicaView(self), self)
 
     # --- events the engine forwards ----------------------------------------------------------------------------
 
@@ -293,6 +293,21 @@ class SimCluster:
         if rep.node is not None:
             rep.node.hosted -= 1
             self._bind_pending(p, now)
+
+
+class _ReplicaView:
+    """The scaler side of the cluster as the snapshot reads it: replica counts and measured replica startups (the
+    cluster's own ``measured_startup_s`` is the backend's, for nodes)."""
+
+    def __init__(self, cluster: SimCluster) -> None:
+        self.cluster = cluster
+
+    def get_replicas(self, pool: str) -> tuple[int, int]:
+        return self.cluster.get_replicas(pool)
+
+    def measured_startup_s(self, pool: str) -> float | None:
+        samples = self.cluster._pool(pool).replica_startups
+        return sum(samples) / len(samples) if samples else None
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,19 @@
-"""Discrete-event replay of a trace: production routing (``choose_pool``) and the production ``Controller`` over
+"""Discrete-event replay of a trace: production routing (``deployments.routing.route``) and the production ``Controller`` over
 the simulated cluster, on a fake clock (a heap of timed events; nothing sleeps).
 
-Per request, exactly what the router does: the context check (400), ``preferred_pool`` with the controller's
-routing preference, ``preference_order`` and ``choose_pool`` over ``PoolView``s of the simulated pools; ROUTE
-sends it to the pool (a replica slot, else the pool's queue), a refusal is answered with its status and counted
-as rejected demand of the preferred pool. A request that no replica can take at once but that ``choose_pool``
-tells to WAIT is held, re-routed whenever room may have appeared, and
-refused after ``router.cold_start_wait_s`` — as ``Dispatcher._place`` does. Any other outcome is refused with
-429 (see :data:`REFUSAL_STATUS`). A request whose first token has not come ``router.request_timeout_s`` after
-it arrived is dropped with the sim-only status 504.
+Per request, exactly what the router does: the context check (400), then the one routing entry point
+(``deployments.routing.route``) over the simulated pools' ``PoolView``s with the controller's routing plan applied
+(``deployments.contract.with_plan`` and ``fill_order``); ROUTE sends it to the pool (the least busy replica with a
+slot, else the pool's queue), a refusal is answered with its status and counted as rejected demand of the first
+pool of its order. A request that no replica can take at once but that ``route`` tells to WAIT is held,
+re-routed whenever room may have appeared, and refused once it waited ``router.cold_start_wait_s`` — as the
+router's dispatcher does. A request whose first token has not come ``router.request_timeout_s`` after it arrived
+is dropped with the sim-only status 504.
 
 Metrics windows are the router's own :class:`deployments.window.PoolWindow`, fed at the same moments (arrival
-and first token at the first token, completion at the end, refusals at once), so the controller sees the same
-signals it sees live. The controller ticks every ``tick_interval_s`` of the policy file.
+and first token at the first token, completion and its service sample at the end, refusals at once), and read by
+the controller through the same producer and reader of the router's statistics, so it sees the signals it sees
+live. The controller ticks every ``tick_interval_s`` of the policy file.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from deployments.routing import Outcome, PoolView, RequestFeatures, choose_pool, preference_order, preferred_pool
+from deployments.contract import fill_order, with_plan
+from deployments.routing import Outcome, RequestFeatures, RouteDecision, route
+from deployments.window import ServiceSample
 from orchestrator.bench.trace import TraceRequest
 from orchestrator.control.config import PolicyFile, Slo
 from orchestrator.control.loop import Controller
@@ -44,10 +47,8 @@ from orchestrator.sim.cluster import (
     account,
 )
 from orchestrator.sim.model import SimConfig
+from orchestrator.sim.profile import ServiceCurve
 
-# Client-visible status of a refused request, by Outcome name; an outcome not listed (a new one) counts as 429.
-REFUSAL_STATUS: dict[str, int] = {"BUSY": 429, "UNAVAILABLE": 503, "INELIGIBLE": 400}
-_WAIT = Outcome.WAIT  # hold the request for decision.pool until it has room (the cold-start bridge)
 STATUS_TIMEOUT = 504  # sim-only: no first token within router.request_timeout_s
 STATUS_LABELS = {200: "ok", 400: "400 ineligible/too long", 429: "429 busy", 503: "503 unavailable",
                  504: "timeout"}
@@ -172,7 +173,7 @@ class Simulator:
         self.now = 0.0
         self._heap: list[tuple[float, int, int, Any, Any]] = []
         self._seq = 0
-        curves = {n: p.profile.curve(p.max_ongoing_requests) for n, p in sim.pools.items()}
+        curves = {n: ServiceCurve.of(p.profile, p.max_ongoing_requests) for n, p in sim.pools.items()}
         self.cluster = SimCluster(sim, policy_file, curves, lambda: self.now, self._schedule,
                                   sim.seed if seed is None else seed, initial_replicas)
         self._sink = _DecisionSink()
@@ -187,13 +188,14 @@ class Simulator:
         self._status = array("h", [0]) * n
         self._ttft = array("d", [math.nan]) * n
         self._e2e = array("d", [math.nan]) * n
+        self._sent = array("d", [math.nan]) * n  # when it was sent to a replica
+        self._conc = array("h", [0]) * n  # the replica's concurrency it was admitted at
         self._pool_index = {name: i for i, name in enumerate(self.names)}
         self._waiters: dict[int, SimPool] = {}  # request -> pool it waits for, in arrival order
         self._active = 0  # requests routed or waiting, not finished
         r = sim.router
         self._timeout_s = r.request_timeout_s
         self._wait_s = float(r.cold_start_wait_s)
-        self._max_waiting_at_zero = r.max_waiting_at_zero
         self._timeline: dict[str, list[float]] = {"t_s": [], "arrival_rps": [], "cost_usd_per_hour": []}
         for name in self.names:
             for key in ("ready", "starting", "nodes", "in_flight", "queued"):
@@ -297,15 +299,12 @@ class Simulator:
 
     # --- the request path --------------------------------------------------------------------------------------
 
-    def _views(self) -> dict[str, PoolView]:
-        return {name: PoolView(name, len(p.ready), p.in_flight, p.sim.max_ongoing_requests, p.sim.max_queued_requests,
-                               p.sim.eligibility, p.starting(), p.waiting, self._max_waiting_at_zero)
-                for name, p in self.cluster.pools.items()}
-
-    def _decide(self, idx: int) -> tuple[Any, list[str]]:
+    def _decide(self, idx: int) -> tuple[RouteDecision, list[str]]:
         features = RequestFeatures(prompt_tokens=self._p[idx], max_tokens=self._o[idx])
-        order = preference_order(self.names, preferred_pool(self.app, None, self.cluster.preferences))
-        return choose_pool(features, self._views(), order), order
+        plan = self.cluster.routing
+        order = fill_order(plan, self.app).for_class(None)
+        views = with_plan(self.cluster.views(self.now), plan)
+        return route(features, views, order, waited_s=self.now - self._arr[idx], max_wait_s=self._wait_s), order
 
     def _arrive(self, idx: int) -> None:
         self._arrivals_since_tick += 1
@@ -314,35 +313,27 @@ class Simulator:
             self._status[idx] = 400  # the router's context_length_exceeded, before routing
             return
         decision, order = self._decide(idx)
-        self._act_on(idx, decision, order, may_wait=True)
+        self._act_on(idx, decision, order)
 
-    def _act_on(self, idx: int, decision: Any, order: list[str], may_wait: bool) -> None:
-        outcome = decision.outcome
-        if outcome is Outcome.ROUTE:
+    def _act_on(self, idx: int, decision: RouteDecision, order: list[str]) -> None:
+        if decision.outcome is Outcome.ROUTE:
             self._route(idx, self.cluster.pools[decision.pool])
             return
-        if outcome is _WAIT and decision.pool is not None:
-            if may_wait:
-                pool = self.cluster.pools[decision.pool]
-                pool.waiting += 1
-                if idx not in self._waiters:
-                    self._active += 1
-                    self._schedule(self._arr[idx] + self._wait_s, _WAIT_TIMEOUT, idx)
-                self._waiters[idx] = pool
-                return
-            # Waited long enough: busy if some eligible pool serves, else unavailable (Dispatcher._place).
-            views = self._views()
-            features = RequestFeatures(prompt_tokens=self._p[idx], max_tokens=self._o[idx])
-            serving = any(v.ready_replicas > 0 and v.accepts(features) for v in views.values())
-            status = 429 if serving else 503
-        else:
-            status = REFUSAL_STATUS.get(outcome.name, 429)
-        self._status[idx] = status
-        # As the router: every refusal of the dispatcher (400 included) is demand of the preferred pool.
-        self.cluster.pools[order[0]].window.rejected(self._arr[idx])
+        if decision.outcome is Outcome.WAIT:
+            pool = self.cluster.pools[decision.pool]
+            pool.waiting += 1
+            if idx not in self._waiters:
+                self._active += 1
+                self._schedule(self._arr[idx] + self._wait_s, _WAIT_TIMEOUT, idx)
+            self._waiters[idx] = pool
+            return
+        self._status[idx] = decision.status or 429
+        # As the router: every refusal of the dispatcher (400 included) is demand of the first pool of its order.
+        self.cluster.pools[order[0]].window.rejected(self.now)
 
     def _route(self, idx: int, pool: SimPool) -> None:
         pool.in_flight += 1
+        pool.last_routed_s = self.now
         self._active += 1
         self._pool[idx] = self._pool_index[pool.name]
         rep = self._free_replica(pool)
@@ -364,6 +355,7 @@ class Simulator:
         curve, now = rep.pool.curve, self.now
         rep.running += 1
         n = rep.running
+        self._sent[idx], self._conc[idx] = now, n
         begin = rep.prefill_free_s if rep.prefill_free_s > now else now
         done = begin + self._p[idx] * curve.prefill_s_per_token
         rep.prefill_free_s = done
@@ -388,7 +380,11 @@ class Simulator:
         e2e = now - self._arr[idx]
         self._e2e[idx] = e2e
         self._status[idx] = 200
-        pool.window.finished(now, e2e, self._o[idx])
+        out = self._o[idx]
+        pool.window.finished(now, e2e, out)
+        first = self._arr[idx] + self._ttft[idx]
+        pool.window.served(ServiceSample(now, self._conc[idx], self._p[idx], out, first - self._sent[idx],
+                                         (now - first) / (out - 1) if out > 1 else None))
         if rep.state == READY:
             self._fill(pool)
         else:
@@ -419,13 +415,13 @@ class Simulator:
             pool = self._waiters.pop(idx)
             pool.waiting -= 1
             decision, order = self._decide(idx)
-            if decision.outcome is _WAIT and decision.pool is not None:
+            if decision.outcome is Outcome.WAIT:
                 target = self.cluster.pools[decision.pool]
                 target.waiting += 1
                 self._waiters[idx] = target
                 continue
             self._active -= 1  # _route counts it again; a refusal ends it
-            self._act_on(idx, decision, order, may_wait=False)
+            self._act_on(idx, decision, order)
 
     def _wait_timeout(self, idx: int) -> None:
         pool = self._waiters.pop(idx, None)
@@ -433,8 +429,8 @@ class Simulator:
             return  # routed or refused meanwhile
         pool.waiting -= 1
         self._active -= 1
-        decision, order = self._decide(idx)
-        self._act_on(idx, decision, order, may_wait=False)
+        decision, order = self._decide(idx)  # it has waited cold_start_wait_s: routed now, or refused
+        self._act_on(idx, decision, order)
 
 
 def simulate(workload: Workload | Sequence[TraceRequest], policy_file: PolicyFile, sim: SimConfig, *,
@@ -486,5 +482,5 @@ class RunSpec:
         return result
 
 
-__all__ = ["REFUSAL_STATUS", "STATUS_LABELS", "STATUS_TIMEOUT", "RunSpec", "SimResult", "Simulator", "Workload",
+__all__ = ["STATUS_LABELS", "STATUS_TIMEOUT", "RunSpec", "SimResult", "Simulator", "Workload",
            "prepare_workload", "simulate", "synthetic_trace"]

@@ -122,7 +122,7 @@ class SimConfig(StrictModel):
         return self
 
     def app_config(self) -> AppConfig:
-        """The app config the router would run with (what `choose_pool` and `preferred_pool` read)."""
+        """The app config the router would run with (what `deployments.routing.route` and `fill_order` read)."""
         pools = {name: PoolConfig(engine=p.engine, replicas=p.initial_replicas,
                                   max_ongoing_requests=p.max_ongoing_requests,
                                   max_queued_requests=p.max_queued_requests, eligibility=p.eligibility)

@@ -24,66 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 
-from orchestrator.control.config import StrictModel
-from orchestrator.sim._yaml import SimConfigError, load_model
-
-
-class ProfilePoint(StrictModel):
-    """One measured concurrency level."""
-
-    concurrency: int = Field(ge=1, description="Requests running on the replica at once (closed-loop clients).")
-    ttft_overhead_s: float = Field(ge=0, description="Median TTFT minus the prefill time of the prompt, seconds.")
-    tpot_s: float = Field(gt=0, description="Median time per output token after the first, seconds.")
-
-
-class ReplicaProfile(StrictModel):
-    """How fast one replica of a pool serves, as a function of its concurrency and the prompt length."""
-
-    name: str = Field(description="What was measured, e.g. 'vLLM, Llama-3.1-8B, 1x H100'.")
-    source: str = Field(description="Where the numbers come from: a bench run, a publication (with its URL).")
-    placeholder: bool = Field(
-        False, description="True for numbers not measured on the hardware they describe; reports flag them."
-    )
-    max_concurrency: int = Field(
-        ge=1, description="Sequences the engine runs at once (vLLM max_num_seqs, transformers max_batch_size); "
-        "the router's max_ongoing_requests caps it further.",
-    )
-    prefill_tokens_per_s: float = Field(gt=0, description="Prompt tokens the replica prefills per second.")
-    points: list[ProfilePoint] = Field(min_length=1, description="Measurements, by increasing concurrency.")
-
-    @field_validator("points")
-    @classmethod
-    def _increasing(cls, v: list[ProfilePoint]) -> list[ProfilePoint]:
-        for a, b in zip(v, v[1:], strict=False):
-            if b.concurrency <= a.concurrency:
-                raise ValueError(f"concurrency must increase from point to point, got {a.concurrency} then "
-                                 f"{b.concurrency}")
-        return v
-
-    @model_validator(mode="after")
-    def _points_within_limit(self) -> ReplicaProfile:
-        if self.points[0].concurrency > self.max_concurrency:
-            raise ValueError(f"the first point's concurrency {self.points[0].concurrency} is above max_concurrency "
-                             f"{self.max_concurrency}")
-        return self
-
-    def ttft_overhead_s(self, n: int) -> float:
-        return _interp(n, [p.concurrency for p in self.points], [p.ttft_overhead_s for p in self.points])
-
-    def tpot_s(self, n: int) -> float:
-        return _interp(n, [p.concurrency for p in self.points], [p.tpot_s for p in self.points])
-
-    def curve(self, limit: int) -> ServiceCurve:
-        """Lookup tables for concurrencies 1..limit (limit: the replica's slot count)."""
-        limit = max(1, min(limit, self.max_concurrency))
-        return ServiceCurve(
-            limit=limit,
-            prefill_s_per_token=1.0 / self.prefill_tokens_per_s,
-            overhead_s=(0.0,) + tuple(self.ttft_overhead_s(n) for n in range(1, limit + 1)),
-            tpot_s=(0.0,) + tuple(self.tpot_s(n) for n in range(1, limit + 1)),
-        )
+from orchestrator.control.capacity import ProfilePoint, ReplicaProfile
+from orchestrator.control.config import load_profile as _load_profile
+from orchestrator.sim._yaml import SimConfigError
 
 
 @dataclass(frozen=True)
@@ -95,6 +39,17 @@ class ServiceCurve:
     overhead_s: tuple[float, ...]
     tpot_s: tuple[float, ...]
 
+    @classmethod
+    def of(cls, profile: ReplicaProfile, limit: int) -> ServiceCurve:
+        """Lookup tables for concurrencies 1..limit (limit: the replica's slot count, capped by the profile's)."""
+        limit = max(1, min(limit, profile.max_concurrency))
+        return cls(
+            limit=limit,
+            prefill_s_per_token=1.0 / profile.prefill_tokens_per_s,
+            overhead_s=(0.0,) + tuple(profile.ttft_overhead_s(n) for n in range(1, limit + 1)),
+            tpot_s=(0.0,) + tuple(profile.tpot_s(n) for n in range(1, limit + 1)),
+        )
+
     def isolated_latency(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
                          n: int) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, E2E) of requests at concurrency ``n`` with no prefill queue (the capacity model of the bound)."""
@@ -102,18 +57,9 @@ class ServiceCurve:
         return ttft, ttft + np.maximum(output_tokens - 1, 0) * self.tpot_s[n]
 
 
-def _interp(n: float, xs: Sequence[int], ys: Sequence[float]) -> float:
-    if n <= xs[0] or len(xs) == 1:
-        return ys[0]
-    if n >= xs[-1]:
-        slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
-        return ys[-1] + slope * (n - xs[-1])
-    return float(np.interp(n, xs, ys))
-
-
 def load_profile(path: str | Path) -> ReplicaProfile:
     """Read a profile YAML; SimConfigError names the file, line and field."""
-    return load_model(path, ReplicaProfile, "replica profile")
+    return _load_profile(path, SimConfigError)
 
 
 def dump_profile(profile: ReplicaProfile, header: str = "") -> str:

@@ -79,6 +79,12 @@ class RunSummary(_Frozen):
     placeholder_profiles: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     cost_ratio_to_oracle: float | None = None
+    target_attainment: float | None = Field(None, description="The SLO attainment a comparison asks of every run "
+                                            "(the bound's); null outside a comparison.")
+
+    @property
+    def misses_target(self) -> bool:
+        return self.target_attainment is not None and self.slo_attainment < self.target_attainment - 1e-12
 
 
 def summarize(result: SimResult) -> RunSummary:
@@ -114,12 +120,15 @@ def summarize(result: SimResult) -> RunSummary:
     )
 
 
-def with_oracle_ratios(summaries: Sequence[RunSummary], oracle_label: str) -> list[RunSummary]:
-    """Each run's cost as a ratio to the run labelled ``oracle_label``."""
+def with_oracle_ratios(summaries: Sequence[RunSummary], oracle_label: str,
+                       target_attainment: float | None = None) -> list[RunSummary]:
+    """Each run's cost as a ratio to the run labelled ``oracle_label``, and the attainment each is held to (a run
+    below it is marked: its cost is not comparable with the bound's)."""
     oracle = next((s for s in summaries if s.label == oracle_label), None)
+    out = [s.model_copy(update={"target_attainment": target_attainment}) for s in summaries]
     if oracle is None or oracle.cost_usd <= 0:
-        return list(summaries)
-    return [s.model_copy(update={"cost_ratio_to_oracle": s.cost_usd / oracle.cost_usd}) for s in summaries]
+        return out
+    return [s.model_copy(update={"cost_ratio_to_oracle": s.cost_usd / oracle.cost_usd}) for s in out]
 
 
 # --- presentation ----------------------------------------------------------------------------------------------
@@ -143,7 +152,8 @@ def compare_tables(summaries: Sequence[RunSummary], title: str = "Simulation") -
     for s in summaries:
         ratio = "-" if s.cost_ratio_to_oracle is None else f"{s.cost_ratio_to_oracle:.2f}"
         per_m = "-" if s.cost_per_1m_output_tokens_usd is None else f"{s.cost_per_1m_output_tokens_usd:,.2f}"
-        cost.add_row(s.label, f"{s.cost_usd:,.3f}", ratio, per_m, f"{s.slo_attainment:.1%}",
+        att = f"{s.slo_attainment:.1%}" + (" misses SLO" if s.misses_target else "")
+        cost.add_row(s.label, f"{s.cost_usd:,.3f}", ratio, per_m, att,
                      f"{s.ttft_attainment:.1%}", f"{s.e2e_attainment:.1%}", str(s.rejected_429), str(s.dropped),
                      str(s.scaling_actions))
         lat.add_row(s.label, " / ".join(_s(x) for x in (s.ttft.p50_s, s.ttft.p95_s, s.ttft.p99_s)),

@@ -8,7 +8,7 @@ SPACE.yaml::
     seed: 0
     target_attainment: 0.95   # optional; --target-attainment overrides it
     knobs:                    # dotted paths into the policy file
-      policy.knobs.edge_fill_fraction: [0.6, 0.8, 1.0]           # a list: pick one of these
+      policy.knobs.slo_margin: [0.6, 0.8, 1.0]                   # a list: pick one of these
       guardrails.downscale_delay_s: {low: 30, high: 600}          # a range: uniform (random), or num points (grid)
       guardrails.max_step_per_tick: {low: 1, high: 4, integer: true}
       tick_interval_s: {low: 2, high: 20, log: true, num: 3}
@@ -31,8 +31,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from orchestrator.control.config import PolicyFile, StrictModel, load_policy_file
+from orchestrator.control.config import PolicyFile, StrictModel
 from orchestrator.control.policies import build_policy, resolve_policy
+from orchestrator.control.policy_loader import load_policy_file
 from orchestrator.sim._yaml import SimConfigError, line_of, load_model, read_yaml
 from orchestrator.sim.engine import Workload, simulate
 from orchestrator.sim.model import SimConfig

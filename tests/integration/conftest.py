@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.config import AppConfig, Eligibility, ModelConfig, PoolConfig, RouterConfig
+from deployments.config import DEFAULT_VLLM_ARGS, AppConfig, Eligibility, ModelConfig, PoolConfig, RouterConfig
 
 VLLM_CPU_OPTIONS = {"num_cpus": 0, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}}
 
@@ -22,12 +22,13 @@ TEST_CONFIG = AppConfig(
     model=ModelConfig(source="demo"),
     pools={
         "cloud": PoolConfig(engine="vllm", max_ongoing_requests=8, max_queued_requests=16,
-                            engine_args={"enforce_eager": True, "max_num_seqs": 16},
+                            engine_args={**DEFAULT_VLLM_ARGS, "max_num_seqs": 16},
                             ray_actor_options=VLLM_CPU_OPTIONS),
         "edge": PoolConfig(engine="transformers", max_ongoing_requests=4, max_queued_requests=8, max_batch_size=4,
                            eligibility=Eligibility(max_prompt_tokens=768)),
     },
-    router=RouterConfig(default_pool="cloud", slo_class_preferences={"batch": "edge"}),
+    # Cloud fills first (the edge pool is the overflow) unless a test or the batch class says otherwise.
+    router=RouterConfig(fill_order=["cloud", "edge"], slo_class_preferences={"batch": "edge"}, probe_every_s=None),
 )
 
 
@@ -68,16 +69,16 @@ def served_app(demo_model_path: Path) -> Iterator[ServedApp]:
     # address="local": a fresh instance, never a running `elo run` cluster found through /tmp/ray.
     ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(TEST_CONFIG, resolve_model(TEST_CONFIG.model)), name=APP_NAME, route_prefix="/",
-                  blocking=False)
+        serve.start(proxy_location="Disabled")  # the router serves HTTP itself, as in `elo run`
+        serve.run(build_app(TEST_CONFIG, resolve_model(TEST_CONFIG.model), "127.0.0.1", port), name=APP_NAME,
+                  route_prefix=None, blocking=False)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 300
         state: object = None
         while time.monotonic() < deadline:
             try:
-                state = httpx.get(f"{base}/elo/pools", timeout=5).json()
-                if all(p["ready_replicas"] > 0 for p in state.values()):  # type: ignore[union-attr]
+                state = httpx.get(f"{base}/elo/pools", timeout=5).json()["pools"]
+                if set(state) == set(TEST_CONFIG.pools) and all(p["ready_replicas"] > 0 for p in state.values()):  # type: ignore[union-attr]
                     break
             except (httpx.HTTPError, ValueError):
                 pass

@@ -170,7 +170,12 @@ def test_unknown_model_gets_404_from_the_openai_client(client):
     ({"max_tokens": -5}, "max_tokens"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"temperature": 9}, "temperature"),
-    ({"n": 3}, "n"),
+    ({"n": 17}, "n"),
+    ({"max_tokens": "10"}, "max_tokens"),  # no lax coercion
+    ({"seed": 2**63}, "seed"),  # outside int64
+    ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+    ({"frobnicate": True}, "frobnicate"),  # unknown field
+    ({"logit_bias": {"5": 300}}, "logit_bias"),
 ])
 def test_invalid_fields_get_400_naming_the_field(served_app, change, param):
     assert _error(_post(served_app, "/chat/completions", _body(served_app, **change)), 400)["param"] == param
@@ -202,6 +207,74 @@ def test_out_of_vocabulary_token_ids_get_400(served_app):
 
 def test_unknown_path_gets_an_openai_shaped_404(served_app):
     _error(httpx.get(f"{served_app.v1}/engines", timeout=10), 404)
+
+
+def test_deeply_nested_json_gets_400_not_500(served_app):
+    deep = b'{"model": "m", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert _error(_post(served_app, "/chat/completions", deep), 400)["code"] == "invalid_json"
+
+
+def test_a_body_over_the_limit_gets_413(served_app):
+    big = _body(served_app, messages=[{"role": "user", "content": "x" * (served_app.config.router.max_body_bytes + 1)}])
+    _error(_post(served_app, "/chat/completions", big), 413)
+
+
+# --- vLLM's OpenAI API through the router: honoured on the pools that have it, never dropped -------------------
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 8}}, "required": ["city"],
+    "additionalProperties": False}}}]
+
+
+@pytest.mark.parametrize("headers", [CLOUD, EDGE])
+def test_json_schema_output_validates_on_both_pools(client, served_app, headers):
+    import jsonschema
+
+    pool, r = chat(client, served_app.model, headers, max_tokens=40, response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}})
+    assert pool == ("edge" if headers else "cloud")
+    jsonschema.validate(json.loads(r.choices[0].message.content), SCHEMA)
+
+
+@pytest.mark.parametrize("headers", [CLOUD, EDGE])
+def test_forced_tool_call_is_schema_valid_on_both_pools(client, served_app, headers):
+    import jsonschema
+
+    _, r = chat(client, served_app.model, headers, max_tokens=200, tools=TOOLS, tool_choice="required",
+                parallel_tool_calls=False)
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), TOOLS[0]["function"]["parameters"])
+
+
+def test_auto_tool_choice_goes_only_to_the_pool_with_a_tool_parser(client, served_app):
+    # The edge pool has no tool-call parser: a batch request (which prefers edge) still goes to cloud.
+    pool, r = chat(client, served_app.model, EDGE, max_tokens=16, tools=TOOLS, tool_choice="auto")
+    assert pool == "cloud" and r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.parametrize("headers", [CLOUD, EDGE])
+def test_n_choices_with_logprobs_on_both_pools(client, served_app, headers):
+    _, r = chat(client, served_app.model, headers, max_tokens=6, n=2, logprobs=True, top_logprobs=2, temperature=1,
+                seed=3)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert all(len(t.top_logprobs) == 2 for c in r.choices for t in c.logprobs.content)
+
+
+def test_completions_with_a_list_of_prompts_and_echo(client, served_app):
+    _, r = complete(client, served_app.model, CLOUD, prompt=["It was", "The"], max_tokens=4, echo=True, temperature=0)
+    texts = [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+    assert texts[0].startswith("It was") and texts[1].startswith("The")
+
+
+def test_tokenize_and_detokenize_through_the_router(served_app, tokenizer):
+    t = httpx.post(f"{served_app.base_url}/tokenize", json={"model": served_app.model, "prompt": CORPUS_PROMPT},
+                   timeout=30).json()
+    assert t["tokens"] == tokenizer(CORPUS_PROMPT, add_special_tokens=False)["input_ids"] or t["count"] > 0
+    d = httpx.post(f"{served_app.base_url}/detokenize", json={"model": served_app.model, "tokens": t["tokens"]},
+                   timeout=30).json()
+    assert d["prompt"] == CORPUS_PROMPT
 
 
 # --- load: concurrency, spill, back-pressure ----------------------------------------------------
@@ -255,23 +328,40 @@ def test_health_and_metrics_report_both_pools(served_app):
 def test_pool_state_reports_load_statistics_for_the_controller(served_app, client):
     chat(client, served_app.model, CLOUD, max_tokens=4, temperature=0)
     state = httpx.get(f"{served_app.base_url}/elo/pools", timeout=10).json()
-    cloud = state["cloud"]
+    cloud = state["pools"]["cloud"]
     assert cloud["arrival_rate_rps"] > 0 and cloud["completed"] >= 1 and cloud["ttft_p95_s"] > 0
-    assert {"running", "queued", "rejected_rate_rps", "e2e_p95_s", "output_tokens_per_s"} <= set(cloud)
+    assert {"running", "queued", "rejected_rate_rps", "e2e_p95_s", "output_tokens_per_s", "admission",
+            "by_concurrency"} <= set(cloud)
+    assert cloud["by_concurrency"] and cloud["by_concurrency"][0]["requests"] >= 1
 
 
-def test_controller_routing_preference_moves_default_traffic_and_rejects_bad_input(served_app, client):
+def test_status_json_follows_its_schema(served_app):
+    import subprocess
+    import sys
+
+    import jsonschema
+
+    elo = [sys.executable, "-m", "orchestrator.cli"]
+    schema = json.loads(subprocess.run([*elo, "status", "--schema"], check=True, capture_output=True).stdout)
+    out = json.loads(subprocess.run([*elo, "status", "--json", "--url", served_app.base_url, "--decisions",
+                                     "/nonexistent/decisions.jsonl"], check=True, capture_output=True).stdout)
+    jsonschema.validate(out, schema)
+    assert set(out["router"]["pools"]) == {"cloud", "edge"}
+
+
+def test_controller_routing_plan_moves_default_traffic_and_rejects_bad_input(served_app, client):
     url = f"{served_app.base_url}/elo/routing"
+    plan = {"fill_order": ["edge", "cloud"], "reason": "test"}
     try:
-        r = httpx.put(url, json={"preferred_pool_by_class": {"default": "edge"}}, timeout=10)
+        r = httpx.put(url, json=plan, timeout=10)
         assert r.status_code == 200 and httpx.get(url, timeout=10).json() == r.json()
         assert chat(client, served_app.model, CLOUD, max_tokens=2, temperature=0)[0] == "edge"
-        assert _error(httpx.put(url, json={"preferred_pool_by_class": {"default": "gpu"}}, timeout=10), 400)
-        assert _error(httpx.put(url, json={"default": "edge"}, timeout=10), 400)["param"] == "preferred_pool_by_class"
+        assert _error(httpx.put(url, json={"fill_order": ["gpu"]}, timeout=10), 400)
+        assert _error(httpx.put(url, json={"preferred_pool_by_class": {"default": "edge"}}, timeout=10), 400)
         assert _error(httpx.put(url, content=b"{", headers={"content-type": "application/json"}, timeout=10), 400)
-        assert httpx.get(url, timeout=10).json() == {"preferred_pool_by_class": {"default": "edge"}}, "kept on error"
+        assert httpx.get(url, timeout=10).json()["fill_order"] == ["edge", "cloud"], "kept on error"
     finally:
-        httpx.put(url, json={"preferred_pool_by_class": {}}, timeout=10)
+        httpx.put(url, json={"fill_order": ["cloud", "edge"], "reason": "test config order"}, timeout=10)
     assert chat(client, served_app.model, CLOUD, max_tokens=2, temperature=0)[0] == "cloud"
 
 
@@ -284,7 +374,7 @@ def test_client_leaving_mid_stream_frees_its_slot(served_app):
                 break
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        pools = httpx.get(f"{served_app.base_url}/elo/pools", timeout=10).json()
+        pools = httpx.get(f"{served_app.base_url}/elo/pools", timeout=10).json()["pools"]
         if all(p["in_flight"] == 0 for p in pools.values()):
             break
         time.sleep(0.2)

@@ -5,8 +5,8 @@ Two real HTTP servers, as ``elo controller`` reaches them in a cluster:
 - the Ray dashboard's Serve REST API (``dashboard_url``): ``GET /api/serve/applications/`` (Ray 2.60's
   ``ServeInstanceDetails``) and ``POST /api/v1/applications/{app}/deployments/{deployment}/scale``
   (``ray/dashboard/modules/serve/serve_head.py``);
-- the router's control endpoints (``router_url``): ``GET /elo/pools`` (the keys of ``Router._pool_state``) and
-  ``PUT /elo/routing`` (``deployments/router.py``).
+- the router's control endpoints (``router_url``): ``GET /elo/pools`` (``RouterStats``) and ``PUT /elo/routing``
+  (a ``RoutingPlan``), as ``deployments/router.py`` serves them.
 
 Their answers come from :class:`SimulatedServe` (Serve's controller starting, placing and stopping the replicas of
 the ``elo`` application on the Ray nodes, which are the worker pods of the Kubernetes API emulator) and
@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp.web
+from pydantic import ValidationError
 
 from deployments.config import AppConfig
-from deployments.routing import Outcome, PoolView, RequestFeatures, choose_pool, preference_order, preferred_pool
+from deployments.contract import RoutingPlan, fill_order, router_stats, with_plan
+from deployments.routing import Outcome, PoolView, RequestFeatures, route
+from deployments.window import PoolWindow
 
 APP_NAME = "elo"
 ROUTER_DEPLOYMENT = "router"
@@ -267,12 +270,14 @@ class SimulatedServe:
 class SimulatedRouter:
     """The router's control endpoints, answered from a number of concurrent requests (:meth:`load`).
 
-    Each :meth:`pools` spreads the concurrent requests over the pools one by one with the router's own
-    ``choose_pool`` (in the order of its preferred pool: the controller's ``PUT /elo/routing``, else the configured
-    default), given Serve's replica states as the router's readiness poll reads them: routed requests are in flight
-    (running up to the pool's slots, queued beyond), requests held for a pool with replicas on their way are
-    waiting, the rest refused. The arrival rate is split like the routed requests (the router counts an arrival
-    once routed), a refusal counts against the preferred pool. No latency samples: the policy sizes on load.
+    Each :meth:`pools` spreads the concurrent requests over the pools one by one with the router's own ``route``
+    (in the fill order of the plan in force, the controller's ``PUT /elo/routing``, else the configured order, with
+    the plan's admission applied), given Serve's replica states as the router's readiness poll reads them: routed
+    requests are in flight (running up to the pool's slots, queued beyond), requests held for a pool with replicas
+    on their way are waiting, the rest refused. The arrival rate is split like the routed requests (the router
+    counts an arrival once routed), a refusal counts against the first pool of the order. The answer is the
+    router's own :class:`~deployments.contract.RouterStats`, made by its one producer. No latency samples: the
+    policy sizes on load.
     """
 
     TOKENS_PER_S = 20.0  # per running request
@@ -280,34 +285,34 @@ class SimulatedRouter:
     def __init__(self, serve: SimulatedServe, config: AppConfig, *, clock: Callable[[], float]) -> None:
         self.serve, self.config, self.clock = serve, config, clock
         self.concurrent, self.arrival_rps = 0, 0.0
-        self.preferences: dict[str, str] = {}
-        self.puts: list[tuple[float, dict[str, str]]] = []  # (controller clock, preferred_pool_by_class)
+        self.plan: RoutingPlan | None = None
+        self.puts: list[tuple[float, RoutingPlan]] = []  # (controller clock, the plan put)
         self._lock = threading.Lock()
 
     def load(self, concurrent: int, arrival_rps: float) -> None:
         with self._lock:
             self.concurrent, self.arrival_rps = concurrent, arrival_rps
 
-    def pools(self) -> dict[str, dict[str, Any]]:
-        """``GET /elo/pools``."""
+    def pools(self) -> dict[str, Any]:
+        """``GET /elo/pools``: the router's ``RouterStats`` as JSON."""
         readiness = {pool: self.serve.states(pool) for pool in self.config.pools}
         with self._lock:
-            concurrent, arrival_rps, preferences = self.concurrent, self.arrival_rps, dict(self.preferences)
+            concurrent, arrival_rps, plan = self.concurrent, self.arrival_rps, self.plan
         ready = {p: s.get("RUNNING", 0) for p, s in readiness.items()}
         starting = {p: sum(s.get(state, 0) for state in STARTING_STATES) for p, s in readiness.items()}
         in_flight, waiting = dict.fromkeys(self.config.pools, 0), dict.fromkeys(self.config.pools, 0)
-        order = preference_order(list(self.config.pools), preferred_pool(self.config, None, preferences))
+        order = fill_order(plan, self.config).for_class(None)
         request = RequestFeatures(prompt_tokens=256, max_tokens=256)
         refused = 0
 
         def views() -> dict[str, PoolView]:
-            return {name: PoolView(name, ready[name], in_flight[name], cfg.max_ongoing_requests,
-                                   cfg.max_queued_requests, cfg.eligibility, starting[name], waiting[name],
-                                   self.config.router.max_waiting_at_zero)
-                    for name, cfg in self.config.pools.items()}
+            return with_plan({name: PoolView(name, ready[name], in_flight[name], cfg.max_ongoing_requests,
+                                             cfg.max_queued_requests, cfg.eligibility, starting[name],
+                                             waiting[name], self.config.router.max_waiting_at_zero)
+                              for name, cfg in self.config.pools.items()}, plan)
 
         for _ in range(concurrent):
-            decision = choose_pool(request, views(), order)
+            decision = route(request, views(), order)
             if decision.outcome is Outcome.ROUTE:
                 in_flight[decision.pool] += 1
             elif decision.outcome is Outcome.WAIT:
@@ -316,35 +321,38 @@ class SimulatedRouter:
                 refused += 1
         per_request_rps = arrival_rps / concurrent if concurrent else 0.0
         window_s = self.config.router.metrics_window_s
-        state = {}
-        for name, v in views().items():
+        now = self.clock()
+        final = views()
+        windows = {}
+        for name, v in final.items():  # the window's events, spread over the last window_s seconds
+            w = PoolWindow(window_s=window_s)
             running = min(v.in_flight, v.slots)
-            state[name] = {
-                "ready_replicas": v.ready_replicas, "starting_replicas": v.starting_replicas,
-                "in_flight": v.in_flight, "slots": v.slots, "queue_limit": v.queue_limit,
-                "running": running, "waiting": v.waiting, "queued": max(0, v.in_flight - v.slots) + v.waiting,
-                "window_s": window_s,
-                "arrival_rate_rps": v.in_flight * per_request_rps,
-                "rejected_rate_rps": refused * per_request_rps if name == order[0] else 0.0,
-                "output_tokens_per_s": running * self.TOKENS_PER_S,
-                "ttft_p95_s": None, "e2e_p95_s": None,
-                "completed": 0,
-            }
-        return state
+            events = [("arrived", round(v.in_flight * per_request_rps * window_s))]
+            if name == order[0]:
+                events.append(("rejected", round(refused * per_request_rps * window_s)))
+            for kind, count in events:
+                for i in range(count):
+                    getattr(w, kind)(now - window_s * (i + 0.5) / count)
+            if running:
+                w.tokens.append((now, round(running * self.TOKENS_PER_S * window_s)))
+            windows[name] = w
+        return router_stats(final, windows, now, plan).model_dump(mode="json")
 
     def set_routing(self, body: Any) -> tuple[int, dict[str, Any]]:
-        """``PUT /elo/routing``: the controller's preferred pool per SLO class."""
-        prefs = body.get("preferred_pool_by_class") if isinstance(body, dict) else None
-        if not isinstance(prefs, dict):
-            return 400, {"error": {"message": f"bad body {body!r}", "type": "invalid_request_error"}}
-        unknown = sorted(set(prefs.values()) - set(self.config.pools))
+        """``PUT /elo/routing``: the controller's routing plan, validated as the router does (400 otherwise)."""
+        try:
+            plan = RoutingPlan.model_validate(body)
+        except ValidationError as e:
+            return 400, {"error": {"message": f"Invalid routing plan: {e.errors()[0]['msg']}",
+                                   "type": "invalid_request_error", "param": None, "code": None}}
+        unknown = plan.unknown_pools(list(self.config.pools))
         if unknown:
             return 400, {"error": {"message": f"Unknown pools {unknown}; pools are {sorted(self.config.pools)}.",
-                                   "type": "invalid_request_error", "param": "preferred_pool_by_class"}}
+                                   "type": "invalid_request_error", "param": "fill_order", "code": None}}
         with self._lock:
-            self.preferences = dict(prefs)
-            self.puts.append((self.clock(), dict(prefs)))
-        return 200, {"preferred_pool_by_class": dict(prefs)}
+            self.plan = plan
+            self.puts.append((self.clock(), plan))
+        return 200, plan.model_dump(mode="json")
 
 
 class HeadServer:

@@ -37,7 +37,7 @@ def sim_config(*, cloud_startup: float | dict = 20.0, edge_startup: float | dict
     }
     for name, changes in pool_changes.items():
         pools[name].update(changes)
-    return SimConfig.model_validate({"pools": pools, "router": router or {"default_pool": "cloud"},
+    return SimConfig.model_validate({"pools": pools, "router": router or {"fill_order": ["cloud", "edge"]},
                                      "drain_s": drain_s, "seed": seed})
 
 

@@ -10,13 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.control.config import (
-    DEFAULT_POLICY_PATH,
-    ConfigError,
-    PolicyFile,
-    load_policy_file,
-    policy_json_schema,
-)
+from orchestrator.control.config import DEFAULT_POLICY_PATH, ConfigError, PolicyFile, policy_json_schema
+from orchestrator.control.policy_loader import load_policy_file
 
 DEFAULT_TEXT = DEFAULT_POLICY_PATH.read_text()
 
@@ -78,10 +73,10 @@ def test_default_file_loads_with_the_documented_prices_bounds_and_slo():
          "policy 'nowhere.policies:fn': cannot import module 'nowhere.policies'"),
         ("  name: cost_aware ", "  name: not a name ", "name: not a name", "policy.name",
          "'not a name' is neither a policy name nor \"package.module:function\""),
-        ("    edge_fill_fraction: 0.8 ", "    edge_fill_frac: 0.8 ", "edge_fill_frac:", "policy.knobs.edge_fill_frac",
-         "unknown field 'edge_fill_frac' (did you mean 'edge_fill_fraction'?)"),
-        ("    edge_fill_fraction: 0.8 ", "    edge_fill_fraction: 1.5 ", "edge_fill_fraction: 1.5",
-         "policy.knobs.edge_fill_fraction", "Input should be less than or equal to 1 (got 1.5)"),
+        ("    slo_margin: 0.8 ", "    slo_marg: 0.8 ", "slo_marg:", "policy.knobs.slo_marg",
+         "unknown field 'slo_marg' (did you mean 'slo_margin'?)"),
+        ("    slo_margin: 0.8 ", "    slo_margin: 1.5 ", "slo_margin: 1.5",
+         "policy.knobs.slo_margin", "Input should be less than or equal to 1 (got 1.5)"),
         ("  max_step_per_tick_by_pool: {}", "  max_step_per_tick_by_pool: {gpu: 1}", "max_step_per_tick_by_pool:",
          "guardrails.max_step_per_tick_by_pool.gpu",
          "max_step_per_tick_by_pool names pool 'gpu', which is not one of the pools ['cloud', 'edge']"),
@@ -123,7 +118,7 @@ def test_a_duplicate_key_is_an_error_at_its_second_occurrence(tmp_path):
 
 
 def test_a_file_that_is_not_a_mapping_or_is_empty_or_missing_is_refused(tmp_path):
-    assert "expected a mapping of policy settings, got list" in error_of(tmp_path, "- pools\n")
+    assert "expected a mapping (policy file), got list" in error_of(tmp_path, "- pools\n")
     assert "policy.yaml:1: pools: required field is missing" in error_of(tmp_path, "")
     with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
         load_policy_file(tmp_path / "nope.yaml")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from deployments.contract import ConcurrencyStats, RoutingPlan
 from orchestrator.control.config import PolicyFile
 from orchestrator.control.plan import PoolTarget, ScalePlan
 from orchestrator.control.policies import (
@@ -78,8 +79,8 @@ def wants(**replicas: int):
     return policy
 
 
-# A burst the edge pool alone cannot carry: 3 rps arriving, 6 requests queued.
-BURST = {"edge": {"arrival_rate_rps": 3.0, "running_requests": 8, "queued_requests": 6}}
+# A burst one edge replica cannot carry: 8 rps arriving, 6 requests queued.
+BURST = {"edge": {"arrival_rate_rps": 8.0, "running_requests": 8, "queued_requests": 6}}
 # Light load the edge pool carries well within the SLO: 0.4 rps, 4 s per request.
 LIGHT = {"edge": {"arrival_rate_rps": 0.4, "running_requests": 2, "ttft_p95_s": 0.5, "e2e_p95_s": 6.0}}
 
@@ -90,8 +91,10 @@ LIGHT = {"edge": {"arrival_rate_rps": 0.4, "running_requests": 2, "ttft_p95_s": 
 def test_burst_scales_up_only_after_the_upscale_delay():
     policy, world = build_policy(config(guardrails={"upscale_delay_s": 15})), World()
     plans, _, _ = run(policy, world, 4, **BURST)
-    assert [p.targets["edge"].replicas for p in plans] == [1, 1, 1, 3]  # t=0, 5, 10 wait; t=15 applies
-    assert [p.targets["cloud"].replicas for p in plans] == [0, 0, 0, 1]
+    # 8.2 rps (8 arriving + 6 queued / 30 s) at the edge profile's 7 rps per replica: 2 replicas keep < 1% of
+    # the requests waiting beyond the SLO's slack.
+    assert [p.targets["edge"].replicas for p in plans] == [1, 1, 1, 2]  # t=0, 5, 10 wait; t=15 applies
+    assert [p.targets["cloud"].replicas for p in plans] == [0, 0, 0, 0]  # the edge pool carries it
     assert "waits for the upscale delay (10s of 15s)" in plans[2].reason
 
 
@@ -117,64 +120,82 @@ def test_idle_scales_cloud_to_zero_after_its_idle_period_and_keeps_edge_at_min()
     assert "kept warm" in plans[10].reason and "to zero" in plans[18].reason
 
 
-def test_cost_aware_prefers_the_edge_pool_while_it_meets_the_slo_with_room():
+def slow(pool: str, ttft_s: float, tpot_s: float, requests: int = 200, concurrency: int = 4) -> dict[str, Any]:
+    """The router's service samples for ``pool``: ``requests`` admitted at ``concurrency`` per replica."""
+    return {"by_concurrency": (ConcurrencyStats(concurrency=concurrency, requests=requests, ttft_mean_s=ttft_s,
+                                                tpot_mean_s=tpot_s, prompt_tokens_mean=40.0),)}
+
+
+def test_cost_aware_fills_the_cheapest_pool_by_slo_capacity_first():
     policy, world = build_policy(config()), World(edge=1)
     plans, _, _ = run(policy, world, 10, **LIGHT)
-    assert plans[-1].preferred_pool_by_class == {"default": "edge"}
+    routing = plans[-1].routing
+    assert routing is not None and routing.fill_order == ["edge", "cloud"]
     assert world.replicas == {"cloud": 0, "edge": 1}
-    assert "prefer edge" in plans[-1].reason and "0.40 rps" in plans[-1].reason
+    # Each pool's SLO-safe concurrency goes to the router, and says where it came from.
+    assert routing.pools["edge"].max_concurrency_per_replica >= 1
+    assert routing.pools["edge"].basis == "profile prior"
+    assert "demand 0.40 rps" in plans[-1].reason and "fill order edge, cloud" in plans[-1].reason
 
 
-def test_cost_aware_fills_the_edge_pool_to_its_cap_before_bursting_to_cloud():
+def test_a_pool_is_sized_by_its_capacity_at_the_slo_and_cloud_bursts_only_beyond_the_edge_cap():
     policy = CostAware(config())
     world = World(edge=3)
-    # 2 rps at 4 s per request: 0.8 usable rps per edge replica (fill 0.8) -> 3 edge replicas carry 2.4 rps.
-    fits = {"edge": {"arrival_rate_rps": 2.0, "running_requests": 8, "ttft_p95_s": 1.0, "e2e_p95_s": 10.0}}
+    per_edge = policy(world.snapshot(0, **LIGHT), PolicyState(), 0)[0].details["pools"]["edge"]["capacity"]
+    edge_rps = per_edge["rps_per_replica"]
+    # Well within 3 edge replicas' SLO capacity: edge only, cloud stays at zero.
+    fits = {"edge": {"arrival_rate_rps": 1.5 * edge_rps, "running_requests": 8}}
     plan, _ = policy(world.snapshot(0, **fits), PolicyState(), 0)
-    assert (plan.targets["edge"].replicas, plan.targets["cloud"].replicas) == (3, 0)
-    # 4 rps: edge stays at its cap of 3, the remaining 1.6 rps bursts to the cloud pool.
-    over = {"edge": {"arrival_rate_rps": 4.0, "running_requests": 16, "ttft_p95_s": 1.0, "e2e_p95_s": 10.0}}
+    assert plan.targets["edge"].replicas in (2, 3) and plan.targets["cloud"].replicas == 0
+    # Beyond 3 edge replicas' capacity: edge at its cap of 3, the rest bursts to cloud.
+    over = {"edge": {"arrival_rate_rps": 4 * edge_rps, "running_requests": 24}}
     plan, _ = policy(world.snapshot(0, **over), PolicyState(), 0)
     assert plan.targets["edge"].replicas == 3
-    assert plan.targets["cloud"].replicas == 1
-    assert "cloud: no latency samples, need 1.60 rps" in plan.reason
+    assert plan.targets["cloud"].replicas >= 1
+    cloud = plan.details["pools"]["cloud"]
+    assert cloud["offered_rps"] > 0.5 * edge_rps and cloud["replicas"] == plan.targets["cloud"].replicas
 
 
-def test_edge_slo_violation_scales_cloud_up_and_moves_the_preference_to_cloud():
-    policy, world = build_policy(config(guardrails={"upscale_delay_s": 0})), World(edge=2)
-    slow = {"edge": {"arrival_rate_rps": 0.4, "running_requests": 2, "ttft_p95_s": 5.0, "e2e_p95_s": 12.0}}
-    plans, _, _ = run(policy, world, 2, **slow)
-    assert plans[0].targets["cloud"].replicas == 1
-    assert plans[0].targets["edge"].replicas == 2  # held: more slow replicas do not fix a slow pool
-    assert plans[0].preferred_pool_by_class == {"default": "cloud"}
-    assert ("edge: misses SLO (ttft p95 5.00s, e2e p95 12.00s, 250% of it), held at 2, "
-            "counted for 0.16 of its 0.40 rps") in plans[0].reason
+def test_measured_slow_edge_lowers_its_capacity_and_moves_the_fill_order_to_cloud():
+    policy = CostAware(config())
+    world = World(cloud=1, edge=2)
+    before, state = policy(world.snapshot(0, **LIGHT), PolicyState(), 0)
+    # The edge pool measured far above its profile's latencies: its SLO capacity falls, its $/rps rises above cloud's.
+    measured = {"edge": {**LIGHT["edge"], **slow("edge", ttft_s=10.0, tpot_s=1.0)}}
+    plan, _ = policy(world.snapshot(5, **measured), state, 5)
+    cap_before = before.details["pools"]["edge"]["capacity"]
+    cap_after = plan.details["pools"]["edge"]["capacity"]
+    assert cap_after["rps_per_replica"] < cap_before["rps_per_replica"]
+    assert cap_after["samples"] > 0 and cap_after["ttft_scale"] > 1.0
+    assert plan.routing is not None and plan.routing.fill_order[0] == "cloud"
+    assert plan.routing.pools["edge"].basis.startswith("learned from")
 
 
-def test_an_edge_pool_missing_the_slo_because_of_its_queue_is_grown_not_held():
+def test_a_queue_counts_as_demand_so_the_pool_grows():
     policy, world = build_policy(config(guardrails={"upscale_delay_s": 0})), World(edge=1)
-    queued = {"edge": {"arrival_rate_rps": 1.0, "running_requests": 4, "queued_requests": 4, "ttft_p95_s": 6.0,
-                       "e2e_p95_s": 8.0}}
+    queued = {"edge": {"arrival_rate_rps": 6.0, "running_requests": 8, "queued_requests": 60}}
     plans, _, _ = run(policy, world, 1, **queued)
-    assert plans[0].targets["edge"].replicas == 2
-    assert "misses SLO (p95 at 300% of it) with 4 queued: too small, not slow" in plans[0].reason
+    assert plans[0].targets["edge"].replicas >= 2
+    assert plans[0].details["demand_rps"] == 8.0  # 6 arriving + 60 queued / 30 s backlog drain
 
 
 def test_cloud_starts_before_the_edge_pool_fills_when_demand_is_rising():
     cfg = config(guardrails={"upscale_delay_s": 0, "cooldown_s": 0})
     policy, world, state = build_policy(cfg), World(edge=3), PolicyState()
+    edge_rps = CostAware(cfg)(world.snapshot(0, **LIGHT), PolicyState(), 0)[0].details["pools"]["edge"][
+        "capacity"]["rps_per_replica"]
     cloud_start_rps = None
-    for i in range(40):  # 0.5 rps rising by 0.2 rps every tick (0.04 rps/s)
-        rps = 0.5 + 0.2 * i
-        load = {"edge": {"arrival_rate_rps": rps, "running_requests": int(rps * 4)}}
+    for i in range(200):  # rising by 0.05 x one edge replica's capacity per tick
+        rps = 0.5 + 0.05 * edge_rps * i
+        load = {"edge": {"arrival_rate_rps": rps, "running_requests": min(24, int(rps))}}
         plan, state = policy(world.snapshot(i * TICK_S, **load), state, i * TICK_S)
         world.apply(plan)
         if plan.targets["cloud"].replicas > 0:
             cloud_start_rps = rps
             break
-    edge_cap_rps = 3 * 0.8  # three edge replicas at 0.8 usable rps each
-    assert cloud_start_rps is not None and cloud_start_rps < edge_cap_rps
-    assert "need" in plan.reason and "by +45s" in plan.reason
+    # Cloud takes 45 s to start: it is asked for while the edge pool still has room for the current demand.
+    assert cloud_start_rps is not None and cloud_start_rps < 3 * edge_rps
+    assert plan.details["pools"]["cloud"]["horizon_s"] == 45.0 and plan.details["trend_rps_per_s"] > 0
 
 
 def test_measured_startup_replaces_the_configured_horizon():
@@ -197,9 +218,12 @@ def test_a_measured_node_start_alone_does_not_shorten_the_configured_horizon():
 def test_cloud_keeps_capacity_for_requests_it_is_still_serving():
     policy = CostAware(config())
     world = World(cloud=2, edge=1)
-    load = {"cloud": {"running_requests": 12, "arrival_rate_rps": 0.1}, "edge": LIGHT["edge"]}
+    light = CostAware(config())(world.snapshot(0, **LIGHT), PolicyState(), 0)[0]
+    per = light.details["pools"]["cloud"]["capacity"]["concurrency_per_replica"]
+    load = {"cloud": {"running_requests": per + 2, "arrival_rate_rps": 0.1}, "edge": LIGHT["edge"]}
     plan, _ = policy(world.snapshot(0, **load), PolicyState(), 0)
-    assert plan.targets["cloud"].replicas == 2  # 12 in flight / 8 per replica
+    assert plan.targets["cloud"].replicas == 2  # more in flight than one replica's SLO-safe slots
+    assert f"kept at 2 for its {per + 2} requests in flight" in plan.reason
 
 
 def test_requests_waiting_for_a_cloud_pool_at_zero_start_it_even_when_edge_has_room():
@@ -284,11 +308,12 @@ def test_stale_metrics_hold_every_pool_and_do_not_ask_the_policy():
 
     guarded = apply_guardrails(policy, config(guardrails={"stale_after_s": 30}))
     world = World(cloud=2, edge=3)
-    state = PolicyState(preferred_pool_by_class={"default": "cloud"})
+    kept = RoutingPlan(fill_order=["cloud", "edge"], reason="earlier plan")
+    state = PolicyState(routing=kept)
     plan, state = guarded(world.snapshot(100, metrics_age_s=31), state, 100)
     assert asked == []
     assert plan.is_hold(world.snapshot(100)) and plan.reason == "hold: metrics are 31s old (stale after 30s)"
-    assert plan.preferred_pool_by_class == {"default": "cloud"}
+    assert plan.routing == kept  # the last routing plan stays in force
     # A snapshot that has aged since it was taken is stale too.
     plan, _ = guarded(world.snapshot(100, metrics_age_s=10), state, 125)
     assert asked == [] and plan.reason.startswith("hold: metrics are 35s old")
@@ -340,7 +365,7 @@ def test_queue_target_behind_the_guardrails_keeps_edge_at_its_min():
 def test_policy_state_round_trips_through_json():
     policy, world = build_policy(config()), World()
     _, state, _ = run(policy, world, 7, **BURST)
-    assert state.memory["level_rps"] == pytest.approx(3.0) and state.timers
+    assert state.memory["level_rps"] == pytest.approx(8.0) and state.timers
     assert PolicyState.from_json(state.to_json()) == state
 
 
@@ -351,7 +376,7 @@ def test_state_from_another_version_is_refused():
 
 def test_a_restarted_controller_makes_the_same_next_decision_as_an_uninterrupted_one():
     cfg = config(guardrails={"upscale_delay_s": 30})
-    load = {"edge": {"arrival_rate_rps": 3.0, "running_requests": 8, "queued_requests": 6}}
+    load = BURST
     world_a, world_b = World(), World()
     _, state, now = run(build_policy(cfg), world_a, 4, **load)  # t = 0..15: half of the 30 s upscale delay
     run(build_policy(cfg), world_b, 4, **load)
@@ -362,7 +387,7 @@ def test_a_restarted_controller_makes_the_same_next_decision_as_an_uninterrupted
     assert restarted == uninterrupted
     # Without the persisted state the delay would start over (no jump either way, but later).
     forgetful, _, _ = run(build_policy(cfg), World(), 6, now, None, **load)
-    assert [p.targets["edge"].replicas for p in uninterrupted] == [1, 1, 3, 3, 3, 3]  # at t = 30
+    assert [p.targets["edge"].replicas for p in uninterrupted] == [1, 1, 2, 2, 2, 2]  # at t = 30
     assert [p.targets["edge"].replicas for p in forgetful] == [1] * 6  # would wait until t = 50
 
 
@@ -382,8 +407,12 @@ def test_thousands_of_ticks_on_a_sawtooth_stay_within_bounds():
 def test_every_plan_says_why_with_the_numbers():
     plans, _, _ = run(build_policy(config()), World(), 3, **BURST)
     for plan in plans:
-        assert plan.reason.startswith("cost_aware: demand 3.20 rps (arrivals 3.00")
-        assert "edge: no latency samples, need 3.20 rps by +10s at 0.80 rps/replica -> 3" in plan.reason
+        assert plan.reason.startswith("cost_aware: demand 8.20 rps (arrivals 8.00")
+        assert "edge: 8/replica at the SLO = " in plan.reason and "profile prior" in plan.reason
+        assert "takes 8.20 of 8.20 rps by +10s -> 2 replicas" in plan.reason
+        edge = plan.details["pools"]["edge"]
+        assert (edge["demand_rps"], edge["needed_replicas"]) == (8.2, 2)
+        assert set(edge["capacity"]) >= {"concurrency_per_replica", "rps_per_replica", "ttft_p95_s", "e2e_p95_s"}
 
 
 # --- registry ------------------------------------------------------------------------------------------------------

@@ -1,183 +1,188 @@
-"""Dispatcher: in-flight accounting, the one retry after a failure before the first token, refusals."""
+"""Dispatcher: least busy replica, in-flight accounting that never leaks (cancellation included), the one retry
+after a replica failed before answering, 4xx passed through unretried, refusals, the cold-start wait."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from deployments.config import AppConfig, PoolConfig, RouterConfig
-from deployments.dispatch import Dispatcher
-from deployments.protocol import APIError, GenerationDelta, GenerationRequest
+from deployments.contract import RoutingPlan
+from deployments.dispatch import Dispatcher, ReplicaFailed
+from deployments.protocol import APIError
 from deployments.routing import RequestFeatures
 
 CONFIG = AppConfig(pools={"cloud": PoolConfig(engine="vllm", max_ongoing_requests=2, max_queued_requests=0),
                           "edge": PoolConfig(engine="transformers", max_ongoing_requests=1, max_queued_requests=0)},
-                   router=RouterConfig(cold_start_wait_s=0.2, max_waiting_at_zero=2))
-GEN = GenerationRequest("r1", [1, 2, 3], max_tokens=2)
+                   router=RouterConfig(fill_order=["cloud", "edge"], cold_start_wait_s=0.2, max_waiting_at_zero=2,
+                                       probe_every_s=None))
 FEATURES = RequestFeatures(prompt_tokens=3, max_tokens=2)
 
 
-class FakeStream:
-    """Records cancellation; yields scripted deltas or raises a scripted error first."""
+class FakeUpstream:
+    def __init__(self, status: int = 200, body: bytes = b"data: {}\n\n"):
+        self.status, self.headers, self._body, self.closed = status, {}, body, False
 
-    def __init__(self, pool: str, fail: BaseException | None):
-        self.pool, self.fail, self.cancelled = pool, fail, False
-        self.items = [GenerationDelta("a", 1), GenerationDelta("b", 2, "length")]
+    async def _iter(self) -> AsyncIterator[bytes]:
+        yield self._body
 
-    def __aiter__(self):
-        return self
+    def body(self) -> AsyncIterator[bytes]:
+        return self._iter()
 
-    async def __anext__(self) -> GenerationDelta:
-        if self.fail is not None:
-            raise self.fail
-        if not self.items:
-            raise StopAsyncIteration
-        return self.items.pop(0)
-
-    def cancel(self) -> None:
-        self.cancelled = True
+    async def aclose(self) -> None:
+        self.closed = True
 
 
-class FakePools:
-    def __init__(self, failing: dict[str, int]):
-        self.failing = dict(failing)  # pool -> how many calls fail before the first token
-        self.calls: list[FakeStream] = []
+class FakeReplicas:
+    """Answers by URL: a status, a connection failure (ReplicaFailed), or a hang."""
 
-    def send(self, pool: str, gen: GenerationRequest) -> FakeStream:
-        fail = RuntimeError(f"{pool} replica died") if self.failing.get(pool, 0) > 0 else None
-        self.failing[pool] = self.failing.get(pool, 0) - 1
-        self.calls.append(FakeStream(pool, fail))
-        return self.calls[-1]
+    def __init__(self, script: dict[str, list] | None = None):
+        self.script = script or {}
+        self.calls: list[str] = []
 
-
-def dispatcher(failing: dict[str, int], ready: dict[str, int] | None = None) -> tuple[Dispatcher, FakePools, list]:
-    pools, retried = FakePools(failing), []
-    d = Dispatcher(CONFIG, pools.send, on_retry=retried.append)
-    d.set_ready(ready or {"cloud": 1, "edge": 1})
-    return d, pools, retried
-
-
-def open_(d: Dispatcher, order=("cloud", "edge")):
-    return asyncio.run(d.open(GEN, FEATURES, list(order), first_token_timeout_s=5))
+    async def send(self, url: str, path: str, body: bytes) -> FakeUpstream:
+        self.calls.append(url)
+        steps = self.script.get(url, [])
+        step = steps.pop(0) if steps else 200
+        if step == "down":
+            raise ReplicaFailed("connection refused")
+        if step == "hang":
+            await asyncio.sleep(3600)
+        return FakeUpstream(step)
 
 
-def test_first_delta_is_returned_and_the_request_counts_as_in_flight_until_released():
-    d, pools, _ = dispatcher({})
-    pool, first, _ = open_(d)
-    assert (pool, first.text) == ("cloud", "a")
-    assert d.in_flight == {"cloud": 1, "edge": 0}
-    d.release(pool)
-    assert d.in_flight == {"cloud": 0, "edge": 0}
+def dispatcher(script: dict[str, list] | None = None, cloud: int = 1, edge: int = 1,
+               config: AppConfig = CONFIG) -> tuple[Dispatcher, FakeReplicas]:
+    replicas = FakeReplicas(script)
+    d = Dispatcher(config, replicas.send)
+    d.set_replicas("cloud", {f"c{i}": f"http://cloud-{i}" for i in range(cloud)})
+    d.set_replicas("edge", {f"e{i}": f"http://edge-{i}" for i in range(edge)})
+    return d, replicas
 
 
-def test_failure_before_the_first_token_is_retried_once_on_the_other_pool():
-    d, pools, retried = dispatcher({"cloud": 1})
-    pool, first, _ = open_(d)
-    assert pool == "edge" and first.text == "a"
-    assert [c.pool for c in pools.calls] == ["cloud", "edge"] and pools.calls[0].cancelled
-    assert retried == ["cloud"]
-    assert d.in_flight == {"cloud": 0, "edge": 1}, "the failed attempt is not counted"
+def in_flight(d: Dispatcher) -> dict[str, int]:
+    return {n: p.in_flight for n, p in d.pools.items()}
 
 
-def test_retry_stays_in_the_same_pool_when_the_other_pool_is_full():
-    d, pools, _ = dispatcher({"cloud": 1})
-    d.in_flight["edge"] = 1  # edge's only slot is taken, and it queues nothing
-    pool, _, _ = open_(d)
-    assert [c.pool for c in pools.calls] == ["cloud", "cloud"] and pool == "cloud"
+def test_the_least_busy_replica_gets_the_request_and_counts_until_released():
+    async def scenario():
+        d, replicas = dispatcher(cloud=2)
+        a = await d.open(FEATURES, "/v1/completions", b"{}")
+        b = await d.open(FEATURES, "/v1/completions", b"{}")
+        return d, replicas, a, b
+
+    d, replicas, a, b = asyncio.run(scenario())
+    assert replicas.calls == ["http://cloud-0", "http://cloud-1"]
+    assert (a.concurrency, b.concurrency) == (1, 1) and in_flight(d) == {"cloud": 2, "edge": 0}
+    d.release(a.pool, a.replica)
+    d.release(b.pool, b.replica)
+    assert in_flight(d) == {"cloud": 0, "edge": 0}
 
 
-def test_second_failure_is_a_503_with_retry_after_and_nothing_stays_in_flight():
-    d, pools, _ = dispatcher({"cloud": 1, "edge": 1})
+def test_a_replica_that_fails_before_answering_is_retried_once_on_the_other_pool():
+    d, replicas = dispatcher({"http://cloud-0": ["down"]})
+    opened = asyncio.run(d.open(FEATURES, "/v1/completions", b"{}"))
+    assert opened.pool == "edge" and replicas.calls == ["http://cloud-0", "http://edge-0"]
+    assert in_flight(d) == {"cloud": 0, "edge": 1}, "the failed attempt is not counted"
+
+
+def test_a_5xx_is_a_failure_and_is_retried():
+    d, replicas = dispatcher({"http://cloud-0": [500]})
+    assert asyncio.run(d.open(FEATURES, "/v1/completions", b"{}")).pool == "edge"
+
+
+def test_a_4xx_is_the_clients_and_is_passed_back_without_a_retry():
+    d, replicas = dispatcher({"http://cloud-0": [400]})
+    opened = asyncio.run(d.open(FEATURES, "/v1/completions", b"{}"))
+    assert (opened.pool, opened.upstream.status) == ("cloud", 400) and replicas.calls == ["http://cloud-0"]
+
+
+def test_the_retry_takes_another_replica_of_the_same_pool_when_the_other_pool_is_full():
+    d, replicas = dispatcher({"http://cloud-0": ["down"]}, cloud=2, edge=0)
+    opened = asyncio.run(d.open(FEATURES, "/v1/completions", b"{}"))
+    assert replicas.calls == ["http://cloud-0", "http://cloud-1"] and opened.pool == "cloud"
+
+
+def test_a_second_failure_is_a_503_with_retry_after_and_nothing_stays_in_flight():
+    d, replicas = dispatcher({"http://cloud-0": ["down"], "http://edge-0": ["down"]})
     with pytest.raises(APIError) as e:
-        open_(d)
+        asyncio.run(d.open(FEATURES, "/v1/completions", b"{}"))
     assert (e.value.status, e.value.code, e.value.headers) == (503, "replica_failed", {"Retry-After": "1"})
-    assert len(pools.calls) == 2 and d.in_flight == {"cloud": 0, "edge": 0}
+    assert len(replicas.calls) == 2 and in_flight(d) == {"cloud": 0, "edge": 0}
 
 
 def test_full_pools_refuse_with_429_and_retry_after_without_calling_a_replica():
-    d, pools, _ = dispatcher({})
-    d.in_flight.update(cloud=2, edge=1)
+    d, replicas = dispatcher()
+    d.pools["cloud"].in_flight, d.pools["edge"].in_flight = 2, 1
     with pytest.raises(APIError) as e:
-        open_(d)
+        asyncio.run(d.open(FEATURES, "/v1/completions", b"{}"))
     assert (e.value.status, e.value.type, e.value.headers["Retry-After"]) == (429, "rate_limit_error", "1")
-    assert pools.calls == []
+    assert replicas.calls == []
 
 
 def test_no_ready_replica_waits_the_bounded_cold_start_time_then_503_not_a_hang():
-    d, pools, _ = dispatcher({}, ready={"cloud": 0, "edge": 0})
+    d, replicas = dispatcher(cloud=0, edge=0)
     with pytest.raises(APIError) as e:
-        open_(d)
-    assert (e.value.status, e.value.code, e.value.headers) == (503, "no_ready_replica", {"Retry-After": "1"})
-    assert "waited 0s" in e.value.message and pools.calls == []
-    assert d.waiting == {"cloud": 0, "edge": 0}, "a request that gave up no longer counts as waiting"
+        asyncio.run(d.open(FEATURES, "/v1/completions", b"{}"))
+    assert (e.value.status, e.value.code) == (503, "no_ready_replica") and "waited" in e.value.message
+    assert replicas.calls == [] and all(p.waiting == 0 for p in d.pools.values())
 
 
-def test_with_waiting_disabled_no_ready_replica_is_an_immediate_503():
-    config = CONFIG.model_copy(update={"router": RouterConfig(cold_start_wait_s=0)})
-    d = Dispatcher(config, FakePools({}).send)
-    with pytest.raises(APIError) as e:
-        asyncio.run(d.open(GEN, FEATURES, ["cloud", "edge"], first_token_timeout_s=5))
-    assert e.value.status == 503
-
-
-def test_cold_start_request_waits_for_the_starting_replica_and_is_served_when_it_is_ready():
+def test_a_cold_start_request_waits_for_the_starting_replica_and_is_served_when_it_is_ready():
     async def scenario():
-        pools = FakePools({})
-        d = Dispatcher(CONFIG.model_copy(update={"router": RouterConfig(cold_start_wait_s=30)}), pools.send)
-        d.set_ready({"cloud": 0, "edge": 0}, starting={"cloud": 1})
-        task = asyncio.create_task(d.open(GEN, FEATURES, ["edge", "cloud"], first_token_timeout_s=5))
+        config = CONFIG.model_copy(update={"router": CONFIG.router.model_copy(update={"cold_start_wait_s": 30})})
+        d, replicas = dispatcher(cloud=0, edge=0, config=config)
+        d.set_plan(RoutingPlan(fill_order=["edge", "cloud"], starting={"cloud": 1}))
+        task = asyncio.create_task(d.open(FEATURES, "/v1/completions", b"{}"))
         await asyncio.sleep(0.05)
-        seen_waiting = dict(d.waiting)
-        d.set_ready({"cloud": 1}, starting={"cloud": 0})  # the replica came up
-        pool, first, _ = await asyncio.wait_for(task, 5)
-        return seen_waiting, pool, first, d
+        seen = {n: p.waiting for n, p in d.pools.items()}
+        d.set_replicas("cloud", {"c0": "http://cloud-0"})  # the replica came up
+        opened = await asyncio.wait_for(task, 5)
+        return seen, opened, d
 
-    seen_waiting, pool, first, d = asyncio.run(scenario())
-    assert seen_waiting == {"cloud": 1, "edge": 0}, "the held request is visible as waiting for cloud"
-    assert (pool, first.text) == ("cloud", "a")
-    assert d.waiting == {"cloud": 0, "edge": 0} and d.in_flight == {"cloud": 1, "edge": 0}
+    seen, opened, d = asyncio.run(scenario())
+    assert seen == {"cloud": 1, "edge": 0}, "the held request counts as waiting for cloud"
+    assert opened.pool == "cloud" and in_flight(d) == {"cloud": 1, "edge": 0}
 
 
-def test_full_edge_and_starting_cloud_holds_the_request_and_a_release_lets_it_in():
+def test_a_client_that_goes_away_while_waiting_or_sending_leaves_nothing_in_flight():
     async def scenario():
-        pools = FakePools({})
-        d = Dispatcher(CONFIG.model_copy(update={"router": RouterConfig(cold_start_wait_s=30)}), pools.send)
-        d.set_ready({"cloud": 0, "edge": 1}, starting={"cloud": 1})
-        d.in_flight["edge"] = 1  # the edge pool is full
-        task = asyncio.create_task(d.open(GEN, FEATURES, ["edge", "cloud"], first_token_timeout_s=5))
+        config = CONFIG.model_copy(update={"router": CONFIG.router.model_copy(update={"cold_start_wait_s": 30})})
+        d, _ = dispatcher({"http://cloud-0": ["hang"]}, config=config)
+        sending = asyncio.create_task(d.open(FEATURES, "/v1/completions", b"{}"))
         await asyncio.sleep(0.05)
-        held = not task.done()
-        d.release("edge")  # the edge request finished: room again, before cloud is ready
-        pool, _, _ = await asyncio.wait_for(task, 5)
-        return held, pool
+        during_send = in_flight(d)
+        sending.cancel()  # the client disconnected before the replica answered
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        d.set_replicas("cloud", {})
+        d.set_replicas("edge", {})
+        d.set_plan(RoutingPlan(fill_order=["edge", "cloud"], starting={"edge": 1}))
+        waiting = asyncio.create_task(d.open(FEATURES, "/v1/completions", b"{}"))
+        await asyncio.sleep(0.05)
+        held = {n: p.waiting for n, p in d.pools.items()}
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return d, during_send, held
 
-    held, pool = asyncio.run(scenario())
-    assert held and pool == "edge"
+    d, during_send, held = asyncio.run(scenario())
+    assert during_send == {"cloud": 1, "edge": 0} and held["edge"] == 1
+    assert in_flight(d) == {"cloud": 0, "edge": 0} and all(p.waiting == 0 for p in d.pools.values())
+    assert all(r.in_flight == 0 for p in d.pools.values() for r in p.replicas.values())
 
 
-def test_a_waiter_that_times_out_while_a_pool_serves_gets_429():
-    d, pools, _ = dispatcher({}, ready={"cloud": 0, "edge": 1})
-    d.set_ready({}, starting={"cloud": 1})
-    d.in_flight["edge"] = 1
-    with pytest.raises(APIError) as e:
-        open_(d, order=("edge", "cloud"))
-    assert (e.value.status, e.value.headers["Retry-After"]) == (429, "1") and pools.calls == []
+def test_a_replica_that_left_finishes_its_requests_and_takes_no_new_one():
+    async def scenario():
+        d, replicas = dispatcher(cloud=2, edge=0)
+        a = await d.open(FEATURES, "/v1/completions", b"{}")  # on cloud-0
+        d.set_replicas("cloud", {"c1": "http://cloud-1"})  # Serve stopped c0 (draining)
+        b = await d.open(FEATURES, "/v1/completions", b"{}")
+        return d, replicas, a, b
 
-
-def test_a_replica_that_never_answers_times_out_and_is_retried():
-    class Hanging(FakeStream):
-        async def __anext__(self) -> GenerationDelta:
-            await asyncio.sleep(3600)
-            raise AssertionError
-
-    calls: list[str] = []
-
-    def send(pool: str, gen: GenerationRequest) -> FakeStream:
-        calls.append(pool)
-        return Hanging(pool, None) if pool == "cloud" else FakeStream(pool, None)
-
-    d = Dispatcher(CONFIG, send)
-    d.set_ready({"cloud": 1, "edge": 1})
-    pool, _, _ = asyncio.run(d.open(GEN, FEATURES, ["cloud", "edge"], first_token_timeout_s=0.05))
-    assert calls == ["cloud", "edge"] and pool == "edge"
+    d, replicas, a, b = asyncio.run(scenario())
+    assert b.replica.url == "http://cloud-1" and "c0" in d.pools["cloud"].replicas
+    d.release(a.pool, a.replica)
+    assert "c0" not in d.pools["cloud"].replicas, "gone once its last request finished"

@@ -16,18 +16,31 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.config import AppConfig, Eligibility, ModelConfig, PoolConfig, RouterConfig
+from deployments.config import (
+    DEFAULT_VLLM_ARGS,
+    ApiKey,
+    AppConfig,
+    AuthConfig,
+    Eligibility,
+    ModelConfig,
+    PoolConfig,
+    RouterConfig,
+)
 from orchestrator.control.adapters.kuberay import REQUIRED_ACCESS
 from orchestrator.control.adapters.local_backend import pool_resource
+from orchestrator.control.capacity import ProfilePoint, ReplicaProfile
 from orchestrator.control.config import (
+    PROFILES_DIR,
     ConfigError,
     Guardrails,
     PolicyChoice,
     PolicyFile,
     PoolPolicy,
     Slo,
-    load_policy_file,
+    load_profile,
 )
+from orchestrator.control.policies.cost_aware import CostAwareKnobs
+from orchestrator.control.policy_loader import load_policy_file
 from orchestrator.elastic import pin_pools_to_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -269,6 +282,25 @@ def test_serve_config_is_the_local_runs_app_config_with_placement(helm: str) -> 
     for name in expected.pools:
         assert rendered.pools[name] == expected.pools[name], name
     assert rendered == expected
+    assert rendered.pools["cloud"].engine_args == DEFAULT_VLLM_ARGS  # the app's vLLM defaults, not a chart copy
+
+
+def test_router_and_pool_settings_reach_the_serve_config(helm: str) -> None:
+    objs = render(helm, "--set", "router.fill_order={edge,cloud}", "--set", "router.max_body_bytes=2048",
+                  "--set", "router.probe_every_s=null", "--set", "router.drain_timeout_s=30",
+                  "--set", "pools.edge.graceful_shutdown_timeout_s=120",
+                  "--set", "pools.cloud.engine_args.max_num_seqs=4",
+                  "--set", "pools.cloud.engine_args.tool_call_parser=null")
+    config = AppConfig.model_validate(serve_app(objs)["args"]["config"])
+    assert config.router.fill_order == ["edge", "cloud"]
+    assert (config.router.max_body_bytes, config.router.drain_timeout_s) == (2048, 30)
+    assert config.router.probe_every_s is None  # helm drops a null key; the chart renders it as the model's null
+    assert config.pools["edge"].graceful_shutdown_timeout_s == 120
+    assert config.pools["cloud"].graceful_shutdown_timeout_s == PoolConfig.model_fields[
+        "graceful_shutdown_timeout_s"].default
+    # engine_args is merged over the app's defaults: a key set is added, a key set to null is dropped.
+    expected_args = {k: v for k, v in DEFAULT_VLLM_ARGS.items() if k != "tool_call_parser"} | {"max_num_seqs": 4}
+    assert config.pools["cloud"].engine_args == expected_args
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
@@ -345,6 +377,42 @@ def test_head_takes_no_replica_hosts_the_router_and_serves_the_dashboard(helm: s
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["dashboard"] == 8265 and ports["serve"] == 8000
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+
+
+def ray_pod_specs(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pod spec of the head and of each worker group, by group name ("head" for the head)."""
+    cluster = one(objs, "RayService")["spec"]["rayClusterConfig"]
+    return {"head": cluster["headGroupSpec"]["template"]["spec"],
+            **{g["groupName"]: g["template"]["spec"] for g in cluster["workerGroupSpecs"]}}
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["default", *CI_IDS])
+def test_ray_pods_run_as_the_images_user_without_privileges(helm: str, values: Path | None) -> None:
+    # The image runs as uid 1000 (k8s/Dockerfile), so the pods can insist on it.
+    assert "\nUSER 1000\n" in (ROOT / "k8s" / "Dockerfile").read_text()
+    pods = ray_pod_specs(render(helm, *values_args(values)))
+    assert len(pods) == 1 + len(enabled_pools(values))
+    for name, pod in pods.items():
+        sc = pod["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000, name
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod["containers"]:
+            csc = container["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False, name
+            assert csc["capabilities"] == {"drop": ["ALL"]}, name
+            assert not csc.get("privileged"), name
+
+
+@pytest.mark.parametrize("serve_type", [None, "NodePort", "LoadBalancer"])
+def test_the_dashboard_is_never_exposed_beyond_the_cluster(helm: str, serve_type: str | None) -> None:
+    rayservice = one(render(helm, *(["--set", f"ray.serveServiceType={serve_type}"] if serve_type else [])),
+                     "RayService")
+    # KubeRay's head Service (dashboard, GCS, Ray client) takes headGroupSpec.serviceType; the endpoint Service
+    # takes serveService.spec.type, with only the serve port.
+    assert rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["serviceType"] == "ClusterIP"
+    serve = rayservice["spec"]["serveService"]["spec"]
+    assert serve["type"] == (serve_type or "ClusterIP")
+    assert serve["ports"] == [{"name": "serve", "port": 8000}]
 
 
 def test_worker_group_resource_units_follow_the_policys_replicas_per_node(helm: str) -> None:
@@ -464,7 +532,7 @@ def test_policy_of_each_scenario_loads_with_its_enabled_pools(helm: str, values:
 def test_a_pre_upgrade_hook_validates_the_new_policy_before_the_controller_rolls(helm: str, tmp_path: Path) -> None:
     # Knob bounds are the policy's own (the values schema cannot know them): a bad knob renders, and the hook Job's
     # `elo policy validate` is what refuses it, before the restarted controller would crash-loop on it.
-    objs = render(helm, "--set", "policy.policy.knobs.edge_fill_fraction=7")
+    objs = render(helm, "--set", "policy.policy.knobs.slo_margin=7")
     job = one(objs, "Job", f"{FULLNAME}-policy-check")
     hook_cm = one(objs, "ConfigMap", f"{FULLNAME}-policy-check")
     for obj in (job, hook_cm):
@@ -478,9 +546,42 @@ def test_a_pre_upgrade_hook_validates_the_new_policy_before_the_controller_rolls
     assert hook_cm["data"] == one(objs, "ConfigMap", f"{FULLNAME}-policy")["data"]
     path = tmp_path / "policy.yaml"
     path.write_text(hook_cm["data"]["policy.yaml"])
+    with pytest.raises(ConfigError, match="slo_margin"):
+        load_policy_file(path)
+    # A knob cost_aware no longer has (edge_fill_fraction) is refused the same way.
+    objs = render(helm, "--set", "policy.policy.knobs.edge_fill_fraction=0.8")
+    path.write_text(one(objs, "ConfigMap", f"{FULLNAME}-policy-check")["data"]["policy.yaml"])
     with pytest.raises(ConfigError, match="edge_fill_fraction"):
         load_policy_file(path)
     assert not [o for o in render(helm, "--set", "controller.policyCheck.enabled=false") if o["kind"] == "Job"]
+
+
+def test_policy_knobs_are_cost_awares_own() -> None:
+    assert set(values_of(None)["policy"]["policy"]["knobs"]) == set(CostAwareKnobs.model_fields)
+
+
+def test_policy_profiles_by_name_inline_or_none(helm: str, tmp_path: Path) -> None:
+    shipped = load_profile(PROFILES_DIR / "cloud_gpu_h100_llama31_8b.yaml")
+    inline = ReplicaProfile(name="inline", source="test", max_concurrency=4, prefill_tokens_per_s=1000.0,
+                            points=[ProfilePoint(concurrency=1, ttft_overhead_s=0.05, tpot_s=0.02)])
+    policy = policy_of(render(helm, "--set", "policy.pools.cloud.profile=cloud_gpu_h100_llama31_8b",
+                              "--set-json", f"policy.pools.edge.profile={inline.model_dump_json()}"), tmp_path)
+    assert policy.pools["cloud"].profile == shipped
+    assert policy.pools["edge"].profile == inline
+    policy = policy_of(render(helm, "--set", "policy.pools.cloud.profile=null"), tmp_path)
+    assert policy.pools["cloud"].profile is None
+    assert policy.pools["edge"].profile == PolicyFile.default().pools["edge"].profile
+
+
+def test_values_schema_accepts_every_shipped_profile_name() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    profile = schema["properties"]["policy"]["properties"]["pools"]["properties"]["edge"]["properties"]["profile"]
+    names = [p.stem for p in PROFILES_DIR.glob("*.yaml")]
+    assert names
+    for name in [*names, "/opt/profiles/mine.yaml"]:
+        jsonschema.validate(name, profile)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate("profiles/mine.yaml", profile)  # relative: would be looked for inside the ConfigMap
 
 
 def test_policy_checksum_rolls_the_controller_only_when_the_policy_changes(helm: str) -> None:
@@ -503,14 +604,26 @@ def test_policy_checksum_rolls_the_controller_only_when_the_policy_changes(helm:
     (["--set", "model=null"], "'model'"),
     (["--set", "pools.cloud.workerGroup.gpu=1"], "'gpu'"),
     (["--set", "policy.pools.cloud.max_replicas=-1"], "/policy/pools/cloud/max_replicas"),
-    (["--set", "pools.cloud.enabled=false"], "router.default_pool"),
+    (["--set", "pools.cloud.enabled=false", "--set", "router.fill_order={cloud}"], "router.fill_order"),
+    (["--set", "pools.edge.enabled=false", "--set", "router.slo_class_preferences.batch=edge"],
+     "router.slo_class_preferences.batch"),
+    (["--set", "router.default_pool=cloud"], "'default_pool'"),
+    (["--set", "pools.edge.stream_interval_ms=30"], "'stream_interval_ms'"),
+    (["--set", "router.fill_order={gpu}"], "/router/fill_order/0"),
+    (["--set", "router.max_body_bytes=100"], "/router/max_body_bytes"),
+    (["--set", "pools.cloud.graceful_shutdown_timeout_s=0"], "/pools/cloud/graceful_shutdown_timeout_s"),
+    (["--set", "policy.pools.edge.profile=profiles/edge.yaml"], "/policy/pools/edge/profile"),
+    (["--set-json", 'router.auth.keys=[{"key": "sk-0123456789"}]'], "router.auth.keys"),
+    (["--set", "ray.head.serviceType=LoadBalancer"], "'serviceType'"),
     (["--set", "pools.cloud.workerGroup.maxReplicas=1"], "pools.cloud.workerGroup.maxReplicas"),
     (["--set", "pools.edge.workerGroup.minReplicas=4"], "pools.edge.workerGroup.minReplicas"),
     (["--set", "pools.edge.workerGroup.groupName=cloud-gpu"], "pools.edge.workerGroup.groupName"),
     (["--set", "policy.pools.cloud.replicas_per_node=2"], "policy.pools.cloud.replicas_per_node"),
 ], ids=["negative-replicas", "negative-pods", "unknown-engine", "missing-model", "misspelt-field",
-        "negative-policy-max", "default-pool-disabled", "too-few-pods-for-policy", "min-above-max",
-        "shared-worker-group", "more-vllm-replicas-than-gpus"])
+        "negative-policy-max", "fill-order-disabled-pool", "slo-preference-disabled-pool", "removed-default-pool",
+        "removed-stream-interval", "fill-order-unknown-pool", "tiny-body-limit", "zero-graceful-shutdown",
+        "relative-profile-path", "api-keys-with-controller", "head-service-exposed", "too-few-pods-for-policy",
+        "min-above-max", "shared-worker-group", "more-vllm-replicas-than-gpus"])
 def test_bad_values_are_refused_naming_the_field(helm: str, args: list[str], named: str) -> None:
     assert named in render_error(helm, *args)
 
@@ -528,6 +641,12 @@ def test_values_schema_has_exactly_the_fields_of_the_config_models() -> None:
 
     assert names(props["model"]) == set(ModelConfig.model_fields)
     assert names(props["router"]) == set(RouterConfig.model_fields)
+    auth = props["router"]["properties"]["auth"]
+    assert names(auth) == set(AuthConfig.model_fields)
+    assert names(auth["properties"]["keys"]["items"]) == set(ApiKey.model_fields)
+    pool_names = sorted(props["pools"]["properties"])
+    assert props["router"]["properties"]["fill_order"]["items"]["enum"] == pool_names
+    assert props["router"]["properties"]["slo_class_preferences"]["additionalProperties"]["enum"] == pool_names
     for pool in ("cloud", "edge"):
         node = props["pools"]["properties"][pool]
         assert names(node) - CHART_ONLY_POOL_KEYS == set(PoolConfig.model_fields)
@@ -539,7 +658,11 @@ def test_values_schema_has_exactly_the_fields_of_the_config_models() -> None:
     assert names(policy["properties"]["policy"]) == set(PolicyChoice.model_fields)
     assert names(policy["properties"]["guardrails"]) == set(Guardrails.model_fields)
     for pool in ("cloud", "edge"):
-        assert names(policy["properties"]["pools"]["properties"][pool]) == set(PoolPolicy.model_fields)
+        node = policy["properties"]["pools"]["properties"][pool]
+        assert names(node) == set(PoolPolicy.model_fields)
+        (inline,) = [s for s in node["properties"]["profile"]["oneOf"] if s.get("type") == "object"]
+        assert names(inline) == set(ReplicaProfile.model_fields)
+        assert names(inline["properties"]["points"]["items"]) == set(ProfilePoint.model_fields)
 
 
 def test_values_yaml_satisfies_its_own_schema() -> None:
@@ -582,3 +705,20 @@ def test_install_script_reuses_the_helm_it_installed(helm: str) -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == helm
     assert "fetching" not in proc.stderr
     assert run_helm(helm, "version", "--short").stdout.startswith("v4.")
+
+
+def test_api_keys_from_a_secret_reach_the_router_and_the_controller(helm):
+    objs = render(helm, "--set", "apiKeys.existingSecret=elo-api-keys", "--set-json",
+                  'router.auth.keys=[{"key": "sk-limited-0001", "requests_per_minute": 60}]')
+    head = one(objs, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in head["env"]}
+    assert env["ELO_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "elo-api-keys", "key": "api-keys",
+                                                                "optional": True}
+    assert env["ELO_ADMIN_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "elo-api-keys", "key": "admin-key"}
+    controller = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    cenv = {e["name"]: e for e in controller["env"]}
+    assert cenv["ELO_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "elo-api-keys", "key": "admin-key"}
+    # Without the Secret there is no key in any pod's environment.
+    plain = render(helm)
+    head = one(plain, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "ELO_ADMIN_KEYS" not in {e["name"] for e in head.get("env", [])}

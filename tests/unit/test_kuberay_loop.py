@@ -20,6 +20,7 @@ import typer
 from typer.testing import CliRunner
 
 from deployments.config import AppConfig
+from deployments.contract import RoutingPlan
 from orchestrator.control.adapters.base import NodeInfo
 from orchestrator.control.adapters.kuberay import REQUIRED_ACCESS, KubeRayPoolBackend, RetryPolicy
 from orchestrator.control.adapters.router import ObservedMetrics
@@ -87,11 +88,11 @@ class NodeWitness:
 
 
 # The chart's scale-to-zero values (k8s/helm/elo/ci/scale-to-zero-values.yaml): the cloud pool deployed at zero (so
-# Serve starts it with one replica, released by the controller), requests prefer the edge pool.
+# Serve starts it with one replica, released by the controller), requests fill the edge pool first.
 APP_CONFIG = AppConfig.model_validate({"pools": {"cloud": {"engine": "vllm", "replicas": 0},
                                                  "edge": {"engine": "transformers", "max_ongoing_requests": 8,
                                                           "max_queued_requests": 8}},
-                                       "router": {"default_pool": "edge", "cold_start_wait_s": 240}})
+                                       "router": {"fill_order": ["edge", "cloud"], "cold_start_wait_s": 240}})
 
 
 def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero(kube, tmp_path):
@@ -117,7 +118,7 @@ def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero
         assert isinstance(backend, KubeRayPoolBackend) and isinstance(controller.metrics, ObservedMetrics)
         witness = controller.metrics.backend = NodeWitness(backend, serve)
         seen: dict[str, list[int]] = {"cloud-gpu": [], "edge-cpu": []}
-        preferences: list[tuple[float, dict[str, str]]] = []  # each tick's plan
+        plans: dict[float, RoutingPlan | None] = {}  # each tick's routing plan, by tick
 
         def run(seconds: float) -> None:
             for _ in range(int(seconds / policy.tick_interval_s)):
@@ -125,7 +126,7 @@ def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero
                 serve.reconcile()
                 plan = controller.tick()
                 assert plan is not None, "the controller could not observe the pools"
-                preferences.append((clocks.now, dict(plan.preferred_pool_by_class)))
+                plans[clocks.now] = plan.routing
                 for group in seen:
                     seen[group].append(group_spec(kube, group)["replicas"])
                 clocks.now += policy.tick_interval_s
@@ -135,13 +136,21 @@ def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero
             assert controller.scaler.release_pools_deployed_at_zero(list(policy.pools)) == ["cloud"]
             router.load(concurrent=32, arrival_rps=5.0)  # more than the edge pool can take: it queues
             run(240)
-            assert max(seen["cloud-gpu"]) == 2 and max(seen["edge-cpu"]) == 3
-            assert [p["status"]["phase"] for p in operator.pods("cloud-gpu")] == ["Running", "Running"]
-            assert (serve.target("cloud"), serve.states("cloud")) == (2, {"RUNNING": 2})
+            peak = {"cloud": max(seen["cloud-gpu"]), "edge": max(seen["edge-cpu"])}
+            assert peak["cloud"] >= 1 and peak["edge"] >= 2, seen  # both groups grew for the burst
+            cloud_now = seen["cloud-gpu"][-1]
+            assert [p["status"]["phase"] for p in operator.pods("cloud-gpu")] == ["Running"] * cloud_now
+            assert (serve.target("cloud"), serve.states("cloud")) == (cloud_now, {"RUNNING": cloud_now})
             assert backend.measured_startup_s("cloud") == pytest.approx(40.0)
             # Ask -> ready of the replicas, on the fake clock: the pod's start (40 s), then the replica's (20 s).
             assert controller.scaler.measured_startup_s("cloud") == pytest.approx(65.0)
-            assert router.pools()["cloud"]["running"] == 32  # the router sends the burst to the cloud pool
+            burst = router.pools()["pools"]
+            # The router fills the cheap pool up to its SLO-safe concurrency and sends the rest to the cloud pool;
+            # nothing is refused and nothing waits once both pools are up.
+            assert burst["cloud"]["running"] > 0 and burst["edge"]["running"] > 0, burst
+            assert sum(p["in_flight"] for p in burst.values()) == 32
+            assert sum(p["rejected_rate_rps"] + p["waiting"] for p in burst.values()) == 0
+            assert router.plan is not None and router.plan.fill_order[0] == "edge"  # cost order: edge is cheaper
 
             router.load(concurrent=0, arrival_rps=0.0)
             run(720)
@@ -169,13 +178,19 @@ def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero
                 expected.append((d["at_s"], f"pool-{pool}", t["replicas"]))
     assert serve.scales == expected
     posted = {pool: [n for _, d, n in serve.scales if d == f"pool-{pool}"] for pool in GROUPS}
-    assert (max(posted["cloud"]), posted["cloud"][-1], max(posted["edge"]), posted["edge"][-1]) == (2, 0, 3, 1)
-    # The router was told each new preference of the plans, once, and every logged decision names the one it had.
-    assert router.puts == [(at, p) for i, (at, p) in enumerate(preferences) if i == 0 or p != preferences[i - 1][1]]
-    assert [p["default"] for _, p in router.puts] == ["cloud", "edge"]
-    for d in decisions:
-        assert d["preferred_pool_by_class"] == [p for at, p in router.puts if at <= d["at_s"]][-1]
-    assert router.preferences == {"default": "edge"}  # the burst is over: back to the cheap pool
+    assert (max(posted["cloud"]), posted["cloud"][-1], max(posted["edge"]), posted["edge"][-1]) == (
+        peak["cloud"], 0, peak["edge"], 1)
+    # Every plan put on the router is one the controller decided that tick (with the replicas on their way), and
+    # the router was told each change once.
+    assert router.puts, "the controller never sent a routing plan"
+    for at, put in router.puts:
+        decided = plans[at]
+        assert decided is not None and put.model_copy(update={"starting": {}}) == decided.model_copy(
+            update={"starting": {}})
+    assert all(a != b for (_, a), (_, b) in zip(router.puts, router.puts[1:], strict=False))
+    logged = {d["at_s"]: d["routing"] for d in decisions}
+    assert all(logged[at] is not None for at, _ in router.puts)
+    assert router.plan.fill_order[0] == "edge" and router.plan.pools["cloud"].accepting is False  # back to zero
     # Every call on the wire is one the chart's Role grants (REQUIRED_ACCESS), and each of those was used.
     used = {(r.resource.group, r.resource.plural, _verb(r)) for r in kube.requests() if r.resource is not None}
     assert used == set(REQUIRED_ACCESS) - {("ray.io", "rayservices", "get")}, used  # this test names the RayCluster

@@ -9,12 +9,13 @@ import pytest
 
 from deployments.config import ConfigError, load_app_config
 from deployments.protocol import (
+    EDGE_FEATURES,
     SSE_DONE,
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
-    GenerationDelta,
-    ResponseShape,
+    engine_features,
+    features_of,
     parse_request,
     sse_event,
 )
@@ -45,8 +46,67 @@ def test_max_completion_tokens_wins_over_max_tokens():
     assert req.requested_max_tokens() == 7
 
 
-def test_unknown_fields_are_ignored_like_openai_does():
-    assert parse_request(chat(presence_penalty=0.1, logit_bias={}), JSON, ChatCompletionRequest).model == "m"
+def test_an_unknown_field_is_a_400_naming_it_as_openai_does_nothing_is_silently_dropped():
+    e = error_of(chat(guided_json={"type": "object"}))
+    assert (e.status, e.param, e.code) == (400, "guided_json", "unknown_parameter")
+    assert "Unrecognized request argument supplied: 'guided_json'" in e.message
+
+
+@pytest.mark.parametrize("field,value", [("max_tokens", "10"), ("temperature", "0.5"), ("stream", "true"),
+                                         ("n", 2.0), ("logprobs", 1)])
+def test_no_lax_coercion_a_string_or_float_is_not_an_int_or_bool(field, value):
+    e = error_of(chat(**{field: value}))
+    assert (e.status, e.param) == (400, field)
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 2**64])
+def test_seed_outside_int64_is_a_400(seed):
+    assert error_of(chat(seed=seed)).param == "seed"
+    assert parse_request(chat(seed=2**63 - 1), JSON, ChatCompletionRequest).seed == 2**63 - 1
+
+
+def test_stream_options_without_stream_is_a_400():
+    e = error_of(chat(stream_options={"include_usage": True}))
+    assert (e.status, e.param) == (400, "stream_options")
+    assert parse_request(chat(stream=True, stream_options={"include_usage": True}), JSON,
+                         ChatCompletionRequest).include_usage()
+
+
+def test_deep_nesting_is_a_400_not_a_500():
+    e = error_of(b'{"model": "m", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}")
+    assert (e.status, e.code) == (400, "invalid_json") and "nested too deeply" in e.message
+
+
+def test_the_feature_dependencies_are_checked():
+    assert error_of(chat(top_logprobs=2)).param == "top_logprobs"
+    assert error_of(chat(tool_choice="required")).param == "tool_choice"
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    e = error_of(chat(tools=[tool], tool_choice={"type": "function", "function": {"name": "g"}}))
+    assert e.param == "tool_choice" and "'g'" in e.message
+    assert error_of(chat(logit_bias={"abc": 1})).param == "logit_bias"
+
+
+def test_features_name_the_request_fields_a_pool_must_honour():
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    parse = lambda **kw: parse_request(chat(**kw), JSON, ChatCompletionRequest)  # noqa: E731
+    assert features_of(parse()) == frozenset()
+    assert features_of(parse(n=2, logprobs=True, top_logprobs=2)) == {"n", "logprobs", "top_logprobs"}
+    assert features_of(parse(tools=[tool])) == {"tools"}, "tool_choice auto: the model's parser finds the call"
+    assert features_of(parse(tools=[tool], tool_choice="required")) == {"tool_choice"}
+    assert features_of(parse(tools=[tool], tool_choice="none")) == frozenset()
+    assert features_of(parse(response_format={"type": "json_object"})) == {"response_format"}
+    assert features_of(parse(response_format={"type": "text"})) == frozenset()
+    completion = parse_request(json.dumps({"model": "m", "prompt": ["a", "b"], "echo": True}).encode(), JSON,
+                               CompletionRequest)
+    assert features_of(completion) == {"prompt", "echo"}
+
+
+def test_vllm_honours_tool_calls_only_with_a_parser_and_auto_only_when_enabled():
+    assert "tool_choice" not in engine_features("vllm", {})
+    assert {"tool_choice"} <= engine_features("vllm", {"tool_call_parser": "xlam"})
+    assert "tools" not in engine_features("vllm", {"tool_call_parser": "xlam"})
+    assert "tools" in engine_features("vllm", {"tool_call_parser": "xlam", "enable_auto_tool_choice": True})
+    assert engine_features("transformers", {}) == EDGE_FEATURES
 
 
 def test_content_as_text_parts_is_joined():
@@ -96,7 +156,8 @@ def test_bad_max_tokens_is_a_400_naming_max_tokens(value):
 
 
 @pytest.mark.parametrize("field,value", [("temperature", -0.5), ("temperature", 3), ("top_p", 0), ("top_p", 1.5),
-                                         ("n", 2), ("stop", ["a", "b", "c", "d", "e"]), ("stop", ""), ("stop", 5),
+                                         ("n", 0), ("n", 17), ("stop", ["a", "b", "c", "d", "e"]), ("stop", ""),
+                                         ("stop", 5),
                                          ("seed", "x"), ("model", "")])
 def test_bad_sampling_fields_are_400s_naming_the_field(field, value):
     e = error_of(chat(**{field: value}))
@@ -119,36 +180,13 @@ def test_sse_event_is_one_data_line_and_a_blank_line():
     assert SSE_DONE == b"data: [DONE]\n\n"
 
 
-def test_chat_stream_opens_with_the_role_then_content_then_finish_reason():
-    s = ResponseShape("chatcmpl-1", "m", chat=True)
-    (opening,) = s.opening()
-    assert opening["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    (mid,) = s.delta(GenerationDelta("Hel", 1), include_usage=True)
-    assert mid["choices"][0]["delta"] == {"content": "Hel"} and mid["usage"] is None
-    (end,) = s.delta(GenerationDelta("", 2, "stop"), include_usage=False)
-    assert end["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
-    assert s.delta(GenerationDelta("", 2), include_usage=False) == []
-    usage = s.usage_chunk({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
-    assert usage["choices"] == [] and usage["object"] == "chat.completion.chunk"
-
-
-def test_whole_responses_have_openai_shapes():
-    u = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
-    chat_body = ResponseShape("chatcmpl-1", "m", chat=True).full("hi", "length", u)
-    assert chat_body["object"] == "chat.completion"
-    assert chat_body["choices"][0]["message"] == {"role": "assistant", "content": "hi"}
-    text_body = ResponseShape("cmpl-1", "m", chat=False).full("hi", "stop", u)
-    assert text_body["object"] == "text_completion" and text_body["choices"][0]["text"] == "hi"
-    assert ResponseShape("cmpl-1", "m", chat=False).opening() == []
-
-
 def test_app_config_errors_name_the_file_and_the_field(tmp_path: Path):
     bad = tmp_path / "app.yaml"
     bad.write_text("pools:\n  edge:\n    engine: tgi\n")
-    with pytest.raises(ConfigError, match=r"app.yaml: invalid configuration:\n  pools.edge.engine"):
+    with pytest.raises(ConfigError, match=r"app.yaml: invalid app config \(1 problem\):\n  .*app.yaml:3: pools.edge.engine"):
         load_app_config(bad)
     bad.write_text("pools: [unclosed\n")
-    with pytest.raises(ConfigError, match="app.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"app.yaml:2: not valid YAML"):
         load_app_config(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_app_config(tmp_path / "missing.yaml")

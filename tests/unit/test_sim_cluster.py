@@ -6,9 +6,11 @@ import heapq
 
 import pytest
 
+from deployments.contract import RoutingPlan
 from orchestrator.control.adapters.base import PoolBackend, ReplicaScaler
 from orchestrator.control.errors import CapacityUnavailableError, NotFoundError, PermanentError
 from orchestrator.sim.cluster import NODE_READY, REPLICA_READY, SimCluster
+from orchestrator.sim.profile import ServiceCurve
 from tests.unit.sim_support import policy_file, sim_config
 
 
@@ -20,7 +22,7 @@ class Harness:
         self.events: list = []
         self.seq = 0
         sim = sim_config(**sim_changes)
-        curves = {n: p.profile.curve(p.max_ongoing_requests) for n, p in sim.pools.items()}
+        curves = {n: ServiceCurve.of(p.profile, p.max_ongoing_requests) for n, p in sim.pools.items()}
         self.cluster = SimCluster(sim, policy_file(), curves, lambda: self.now, self.schedule, seed=0)
 
     def schedule(self, t, kind, a, b=None) -> None:
@@ -99,14 +101,14 @@ def test_a_node_cap_starts_what_fits_and_reports_capacity_unavailable() -> None:
     assert len(h.cluster.list_nodes("cloud")) == 2
 
 
-def test_unknown_pools_and_preferences_are_project_errors() -> None:
+def test_unknown_pools_and_routing_plans_are_project_errors() -> None:
     c = Harness().cluster
     with pytest.raises(NotFoundError, match="no pool 'gpu'"):
         c.set_replicas("gpu", 1)
     with pytest.raises(PermanentError, match="unknown pools"):
-        c.set_preference({"default": "gpu"})
-    c.set_preference({"default": "edge"})
-    assert c.preferences == {"default": "edge"}
+        c.set_routing(RoutingPlan(fill_order=["gpu", "edge"]))
+    c.set_routing(RoutingPlan(fill_order=["edge", "cloud"]))
+    assert c.routing is not None and c.routing.fill_order == ["edge", "cloud"]
 
 
 def test_the_snapshot_has_the_fields_production_fills() -> None:

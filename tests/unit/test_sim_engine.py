@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 import pytest
 
-from deployments.routing import Outcome, RouteDecision
 from orchestrator.bench.trace import TraceRequest, load_trace
 from orchestrator.control.config import PolicyFile
 from orchestrator.control.plan import PoolTarget, ScalePlan
 from orchestrator.control.policies import PolicyState
 from orchestrator.control.snapshot import ClusterSnapshot
-from orchestrator.sim import engine
 from orchestrator.sim.baselines import gpu_only
 from orchestrator.sim.engine import Simulator, prepare_workload, simulate, synthetic_trace
 from orchestrator.sim.model import load_sim_config
@@ -96,17 +92,12 @@ def test_gpu_only_never_places_work_on_the_edge_pool() -> None:
     assert (result.status == 200).sum() > 0.5 * len(trace)
 
 
-def test_an_outcome_the_simulator_does_not_know_is_answered_429(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Future(enum.Enum):
-        SOMETHING_NEW = "something new"
-
-    monkeypatch.setattr(engine, "choose_pool",
-                        lambda req, pools, order: RouteDecision(Future.SOMETHING_NEW, "cloud", "from the future"))
-    result = simulate(synthetic_trace(2.0, 30, seed=0), policy_file(), sim_config())
-    assert set(result.status.tolist()) == {429}
+def test_a_request_no_pool_takes_is_refused_with_the_routers_400() -> None:
+    sim = sim_config(cloud={"eligibility": {"max_prompt_tokens": 10}}, edge={"eligibility": {"max_prompt_tokens": 10}})
+    result = simulate(synthetic_trace(2.0, 30, prompt_tokens=100, seed=0), policy_file(), sim)
+    assert set(result.status.tolist()) == {400}
 
 
-@pytest.mark.skipif(not hasattr(Outcome, "WAIT"), reason="routing has no WAIT outcome (cold-start hold) yet")
 def test_requests_wait_for_a_pool_scaled_to_zero_instead_of_failing() -> None:
     # Only the cloud pool takes these requests, and it starts at zero: the router holds them (WAIT), the policy
     # sees them queued and starts a replica (15 s delay + 5 s node + 20 s replica), then they are served.

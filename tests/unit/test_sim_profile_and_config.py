@@ -15,13 +15,14 @@ from orchestrator.sim.model import DEFAULT_SIM_CONFIG_PATH, LogNormalDelay, Unif
 from orchestrator.sim.profile import (
     ReplicaProfile,
     Sample,
+    ServiceCurve,
     fit_profile,
     load_profile,
     samples_from_bench,
 )
 from tests.unit.sim_support import policy_file, profile, sim_config
 
-PROFILES = DEFAULT_SIM_CONFIG_PATH.parent / "profiles"
+PROFILES = DEFAULT_SIM_CONFIG_PATH.parent.parent / "profiles"
 
 
 def test_profiles_interpolate_between_points_and_extrapolate_the_last_segment() -> None:
@@ -32,7 +33,7 @@ def test_profiles_interpolate_between_points_and_extrapolate_the_last_segment() 
     assert p.tpot_s(1) == 0.010 and p.tpot_s(3) == pytest.approx(0.015)
     assert p.tpot_s(9) == pytest.approx(0.030)  # the last slope, continued
     assert p.ttft_overhead_s(0) == 0.01
-    curve = p.curve(limit=8)
+    curve = ServiceCurve.of(p, limit=8)
     assert curve.limit == 8 and curve.tpot_s[5] == pytest.approx(0.020)
     assert curve.prefill_s_per_token == pytest.approx(0.001)
 
@@ -170,9 +171,9 @@ def test_a_sim_config_with_a_missing_profile_or_unknown_pool_is_refused(tmp_path
     with pytest.raises(SimConfigError, match=r"nowhere\.yaml: cannot read replica profile"):
         load_sim_config(path)
     doc = sim_config().model_dump(mode="json")
-    doc["router"]["default_pool"] = "gpu"
+    doc["router"]["fill_order"] = ["gpu"]
     path.write_text(yaml.safe_dump(doc))
-    with pytest.raises(SimConfigError, match="default_pool 'gpu' is not one of the pools"):
+    with pytest.raises(SimConfigError, match="fill_order: 'gpu' is not one of the pools"):
         load_sim_config(path)
     other = policy_file().model_copy(update={"pools": {"cloud": policy_file().pools["cloud"]}})
     with pytest.raises(SimConfigError, match=r"differ from the policy's pools \['cloud'\]"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.control.config import load_policy_file
+from orchestrator.control.policy_loader import load_policy_file
 from orchestrator.sim._yaml import SimConfigError
 from orchestrator.sim.engine import prepare_workload, synthetic_trace
 from orchestrator.sim.report import Latency, RunSummary
@@ -68,14 +68,14 @@ def test_the_pareto_front_keeps_only_undominated_candidates() -> None:
 
 def test_a_space_naming_an_unknown_setting_is_refused_with_its_line(tmp_path: Path) -> None:
     path = write(tmp_path, "method: grid\nknobs:\n  guardrails.upscale_delay_s: [0, 15]\n"
-                           "  guardrails.downscale_dely_s: [60]\n  policy.knobs.edge_fill: [0.5]\n")
+                           "  guardrails.downscale_dely_s: [60]\n  policy.knobs.slo_marg: [0.5]\n")
     with pytest.raises(SimConfigError) as e:
         load_space(path, policy_file(name="cost_aware"))
     text = str(e.value)
     assert f"{path}:4: knobs.guardrails.downscale_dely_s: guardrails has no setting 'downscale_dely_s' " \
            "(did you mean 'downscale_delay_s'?)" in text
-    assert f"{path}:5: knobs.policy.knobs.edge_fill: policy 'cost_aware' has no knob 'edge_fill' " \
-           "(did you mean 'edge_fill_fraction'?)" in text
+    assert f"{path}:5: knobs.policy.knobs.slo_marg: policy 'cost_aware' has no knob 'slo_marg' " \
+           "(did you mean 'slo_margin'?)" in text
 
 
 def test_a_malformed_space_is_refused_with_its_field(tmp_path: Path) -> None:

@@ -2,30 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import httpx
+from pydantic import ValidationError
 
+from deployments.contract import RouterStats, RoutingPlan
+from orchestrator.control.capacity import RequestMix
+from orchestrator.control.errors import PermanentError, TransientError
 from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
 
 
 class RouterClient:
-    """HTTP client of the router's control endpoints (`/elo/pools`, `/elo/routing`)."""
+    """HTTP client of the router's control endpoints (`/elo/pools`, `/elo/routing`), in the contract's models."""
 
-    def __init__(self, base_url: str, client: httpx.Client | None = None, timeout_s: float = 5.0):
+    def __init__(self, base_url: str, client: httpx.Client | None = None, timeout_s: float = 5.0,
+                 admin_key: str | None = None):
         self.base_url = base_url.rstrip("/")
-        self.client = client or httpx.Client(timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+        self.client = client or httpx.Client(timeout=timeout_s, headers=headers)
 
-    def pools(self) -> dict[str, dict[str, Any]]:
-        r = self.client.get(f"{self.base_url}/elo/pools")
-        r.raise_for_status()
-        return r.json()
+    def stats(self) -> RouterStats:
+        r = self._request("GET", "/elo/pools")
+        try:
+            return RouterStats.model_validate_json(r.content)
+        except ValidationError as e:
+            raise PermanentError(f"the router's /elo/pools does not match the contract: {e}") from e
 
-    def set_preference(self, preferred_pool_by_class: Mapping[str, str]) -> None:
-        r = self.client.put(f"{self.base_url}/elo/routing",
-                            json={"preferred_pool_by_class": dict(preferred_pool_by_class)})
-        r.raise_for_status()
+    def set_routing(self, plan: RoutingPlan) -> None:
+        self._request("PUT", "/elo/routing", content=plan.model_dump_json(),
+                      headers={"Content-Type": "application/json"})
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            r = self.client.request(method, f"{self.base_url}{path}", **kwargs)
+        except httpx.TransportError as e:
+            raise TransientError(f"router {self.base_url}{path} unreachable: {e!r}") from e
+        if r.status_code >= 500 or r.status_code == 429:
+            raise TransientError(f"router {path}: HTTP {r.status_code}: {r.text[:300]}",
+                                 _retry_after_s(r, 1.0))
+        if r.status_code >= 400:
+            raise PermanentError(f"router {path}: HTTP {r.status_code}: {r.text[:300]}")
+        return r
+
+
+def _retry_after_s(r: httpx.Response, default: float) -> float:
+    try:
+        return max(0.0, float(r.headers.get("retry-after", default)))
+    except ValueError:
+        return default
 
 
 class _Node(Protocol):
@@ -41,39 +68,45 @@ class _Scaler(Protocol):
     def get_replicas(self, pool: str) -> tuple[int, int]: ...
 
 
+class _Stats(Protocol):
+    def stats(self) -> RouterStats: ...
+
+
+def cluster_snapshot(now: float, stats: RouterStats, pools: Sequence[str], scaler: _Scaler, backend: _Backend,
+                     metrics_age_s: float = 0.0) -> ClusterSnapshot:
+    """The one reading of the router's statistics into a snapshot (live and simulated): per pool the router's
+    load plus the scaler's replica counts and the backend's nodes; a pool the router does not report is left out
+    (the guardrails hold)."""
+    out = []
+    for name in pools:
+        s = stats.pools.get(name)
+        if s is None:
+            continue
+        ready, starting = scaler.get_replicas(name)
+        nodes = backend.list_nodes(name)
+        out.append(PoolSnapshot.of(
+            name, s, ready=ready, starting=starting,
+            ready_nodes=sum(1 for n in nodes if n.state == "ready"),
+            starting_nodes=sum(1 for n in nodes if n.state == "starting"),
+            # Optional on a scaler: ask -> ready of its replicas (the forecast horizon of cost_aware).
+            replica_startup_s=getattr(scaler, "measured_startup_s", lambda _: None)(name),
+            node_startup_s=backend.measured_startup_s(name),
+        ))
+    return ClusterSnapshot(now, {p.name: p for p in out}, metrics_age_s=metrics_age_s,
+                           mix=RequestMix.of(stats.recent_requests), routing=stats.plan)
+
+
 class ObservedMetrics:
     """The controller's MetricsSource: router load windows + replica states + node states, per pool."""
 
-    def __init__(self, router: RouterClient, scaler: _Scaler, backend: _Backend, pools: Sequence[str],
-                 clock: Callable[[], float]):
+    def __init__(self, router: _Stats, scaler: _Scaler, backend: _Backend, pools: Sequence[str],
+                 clock: Callable[[], float], wall_clock: Callable[[], float] = time.time):
         self.router, self.scaler, self.backend, self.pool_names = router, scaler, backend, list(pools)
-        self.clock = clock
+        self.clock, self.wall_clock = clock, wall_clock
 
     def snapshot(self, now: float) -> ClusterSnapshot:
-        stats = self.router.pools()
-        observed_at = self.clock()
-        pools = []
-        for name in self.pool_names:
-            if name not in stats:
-                continue  # a missing pool makes the guardrails hold
-            s = stats[name]
-            ready, starting = self.scaler.get_replicas(name)
-            nodes = self.backend.list_nodes(name)
-            pools.append(PoolSnapshot(
-                name=name,
-                ready_replicas=ready,
-                starting_replicas=starting,
-                ready_nodes=sum(1 for n in nodes if n.state == "ready"),
-                starting_nodes=sum(1 for n in nodes if n.state == "starting"),
-                running_requests=int(s.get("running", 0)),
-                queued_requests=int(s.get("queued", 0)),
-                # Demand includes what the pool was asked for but refused (429s): that is load to scale for.
-                arrival_rate_rps=float(s.get("arrival_rate_rps", 0.0)) + float(s.get("rejected_rate_rps", 0.0)),
-                output_tokens_per_s=float(s.get("output_tokens_per_s", 0.0)),
-                ttft_p95_s=s.get("ttft_p95_s"),
-                e2e_p95_s=s.get("e2e_p95_s"),
-                # Optional on a scaler: ask -> ready of its replicas (the forecast horizon of cost_aware).
-                replica_startup_s=getattr(self.scaler, "measured_startup_s", lambda _: None)(name),
-                node_startup_s=self.backend.measured_startup_s(name),
-            ))
-        return ClusterSnapshot(now, {p.name: p for p in pools}, metrics_age_s=max(0.0, now - observed_at))
+        stats = self.router.stats()
+        # How old the router's figures are (its wall clock when it produced them); the stale-metrics guardrail
+        # holds the fleet when they are too old.
+        age = max(0.0, self.wall_clock() - stats.generated_at_unix_s) if stats.generated_at_unix_s else 0.0
+        return cluster_snapshot(now, stats, self.pool_names, self.scaler, self.backend, metrics_age_s=age)

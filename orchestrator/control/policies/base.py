@@ -9,11 +9,12 @@ from typing import Any, Protocol
 
 from pydantic import TypeAdapter
 
+from deployments.contract import RoutingPlan
 from orchestrator.control.config import PolicyFile
 from orchestrator.control.plan import ScalePlan
 from orchestrator.control.snapshot import ClusterSnapshot
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,12 @@ class PoolTimers:
 class PolicyState:
     """Everything that spans ticks, so a restarted controller reloads it instead of forgetting it.
 
-    ``timers`` and ``preferred_pool_by_class`` belong to the guardrails; ``memory`` is the wrapped policy's own,
-    JSON values only (moving averages, forecasts, idle timers).
+    ``timers`` and ``routing`` (the last routing plan sent) belong to the guardrails; ``memory`` is the wrapped
+    policy's own, JSON values only (moving averages, forecasts, learned capacity, idle timers).
     """
 
     timers: dict[str, PoolTimers] = field(default_factory=dict)
-    preferred_pool_by_class: dict[str, str] = field(default_factory=dict)
+    routing: RoutingPlan | None = None
     memory: dict[str, Any] = field(default_factory=dict)
     version: int = STATE_VERSION
 

@@ -1,12 +1,26 @@
-"""Default policy: the cheapest pool mix that meets the SLO — edge first, cloud burst pre-warmed over its startup."""
+"""Default policy: the cheapest pool mix that meets the SLO — pools sized by their measured capacity at the SLO,
+cheapest first, each over its own startup horizon; the router told each pool's SLO-safe concurrency."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pydantic import Field
 
+from deployments.contract import PoolAdmission, RoutingPlan
+from orchestrator.control.capacity import (
+    Capacity,
+    Correction,
+    ProfilePoint,
+    ReplicaProfile,
+    RequestMix,
+    capacity_at_slo,
+    late_share,
+    slots_within,
+)
 from orchestrator.control.config import PolicyFile, PoolPolicy, StrictModel
 from orchestrator.control.plan import PoolTarget, ScalePlan
 from orchestrator.control.policies.base import PolicyState, replicas_for
@@ -18,24 +32,37 @@ class CostAwareKnobs(StrictModel):
 
     cloud_idle_to_zero_s: float = Field(
         300.0, ge=0,
-        description="A burst (cloud) pool no longer needed keeps one warm replica this long, then goes to its "
-        "min_replicas (usually zero); the guardrails' downscale_delay_s applies after it.",
+        description="A burst pool (any but the cheapest) no longer needed keeps one warm replica this long, then "
+        "goes to its min_replicas (usually zero); the guardrails' downscale_delay_s applies after it.",
     )
     rate_smoothing_s: float = Field(
         30.0, gt=0, description="Time constant of the arrival-rate level and trend (Holt smoothing), seconds."
     )
     assumed_service_s: float = Field(
         4.0, gt=0,
-        description="Seconds a request runs in a pool until measured (running / arrivals, Little's law); one "
-        "replica then serves target_ongoing_requests_per_replica / service seconds requests per second.",
+        description="Pools without a profile: seconds a 64-token request runs until measured (a flat profile of "
+        "target_ongoing_requests_per_replica slots).",
     )
-    edge_fill_fraction: float = Field(
+    slo_margin: float = Field(
         0.8, gt=0, le=1,
-        description="Share of a cheaper pool's capacity planned before bursting to the next pool: the room kept "
-        "for noise, and the margin under which it is the router's preferred pool.",
+        description="Plan for predicted p95 latencies at most this share of the SLO objectives (room for noise).",
+    )
+    prefill_utilisation: float = Field(
+        0.7, gt=0, le=1, description="Plan a replica's prefill busy at most this share of the time.",
+    )
+    overflow_target: float = Field(
+        0.01, gt=0, lt=1,
+        description="Share of a pool's requests that may find its SLO-safe slots full and pass on to the next pool "
+        "(Erlang B): the headroom each pool is sized with.",
     )
     backlog_drain_s: float = Field(
         30.0, gt=0, description="Queued requests are planned as extra demand of queued / backlog_drain_s rps."
+    )
+    learn_time_constant_s: float = Field(
+        300.0, gt=0, description="How long the learned capacity remembers the router's observations, seconds.",
+    )
+    prior_weight: float = Field(
+        20.0, ge=0, description="Requests the profile prior counts as against the router's observations.",
     )
 
 
@@ -46,42 +73,50 @@ class _Memory:
     last_at_s: float | None = None
     level_rps: float = 0.0  # smoothed total arrival rate
     trend_rps_per_s: float = 0.0
-    service_s: dict[str, float] = field(default_factory=dict)  # measured seconds a request runs, per pool
+    corrections: dict[str, list[float]] = field(default_factory=dict)  # pool -> [log ttft sum, log tpot sum, weight]
     idle_since_s: dict[str, float] = field(default_factory=dict)  # burst pools: first tick they were not needed
 
     @classmethod
-    def load(cls, memory: dict) -> _Memory:
-        return cls(
-            memory.get("last_at_s"),
-            float(memory.get("level_rps", 0.0)),
-            float(memory.get("trend_rps_per_s", 0.0)),
-            dict(memory.get("service_s") or {}),
-            dict(memory.get("idle_since_s") or {}),
-        )
+    def load(cls, memory: Mapping[str, Any]) -> _Memory:
+        return cls(memory.get("last_at_s"), float(memory.get("level_rps", 0.0)),
+                   float(memory.get("trend_rps_per_s", 0.0)),
+                   {p: list(v) for p, v in (memory.get("corrections") or {}).items()},
+                   dict(memory.get("idle_since_s") or {}))
 
-    def dump(self) -> dict:
-        return {
-            "last_at_s": self.last_at_s,
-            "level_rps": self.level_rps,
-            "trend_rps_per_s": self.trend_rps_per_s,
-            "service_s": self.service_s,
-            "idle_since_s": self.idle_since_s,
-        }
+    def dump(self) -> dict[str, Any]:
+        return {"last_at_s": self.last_at_s, "level_rps": self.level_rps, "trend_rps_per_s": self.trend_rps_per_s,
+                "corrections": self.corrections, "idle_since_s": self.idle_since_s}
+
+    def correction(self, pool: str) -> Correction:
+        c = self.corrections.get(pool)
+        return Correction(*c) if c else Correction()
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """One pool's figures for this tick."""
+
+    name: str
+    capacity: Capacity
+    slo_max_prompt_tokens: int | None  # longer prompts are left to later pools
+    share: float  # of all requests, those it may take within the SLO
+    horizon_s: float
+    unit_cost: float  # $/h per request/s of SLO capacity
 
 
 class CostAware:
-    """Size the pools from demand in requests/s, cheapest capacity first.
+    """Size the pools from demand in requests/s, cheapest SLO capacity first.
 
-    Demand = arrival rate + queued / backlog_drain_s; forecast(h) adds the smoothed arrival trend over horizon h
-    when it is rising. Pools are filled in order of price per unit of capacity (edge, then cloud).
-    A cheaper pool that meets the SLO gets demand forecast over its own startup, up to max_replicas x
-    edge_fill_fraction of its capacity; the next pool gets the rest forecast over *its* startup — so a GPU pool
-    starts early when demand within its startup horizon will exceed the edge pool. A cheaper pool missing the
-    SLO with a queue is too small and is grown like one meeting it; one missing it without a queue is held
-    (growing it does not fix slow tokens) and counted only for the share it serves within the SLO;
-    the next pool picks up the rest, and the router is told to prefer it. A burst pool no longer needed keeps
-    one warm replica for cloud_idle_to_zero_s, then goes to zero. No pool is planned below its in-flight load,
-    and a pool at zero with requests waiting for it (the router holds them through a cold start) is started.
+    Per pool, the capacity at the SLO: the largest per-replica concurrency at which the recent request mix's
+    predicted p95 TTFT and E2E stay within ``slo_margin`` of the objectives (its profile, corrected by what the
+    router measured), and the requests/s it serves there. Pools fill in order of price per unit of that capacity.
+    Demand = arrivals + refusals + queued / backlog_drain_s, plus the smoothed rising trend over each pool's own
+    startup horizon. A pool gets the share of the demand it may take within the SLO (prompts it serves in time)
+    and is given the fewest replicas whose SLO-safe slots pass on at most ``overflow_target`` of it (Erlang B);
+    the rest spills to the next pool, which is sized for it over *its* horizon — so a GPU pool starts early when
+    demand within its startup will exceed the edge pool. The router gets the fill order and each pool's SLO-safe
+    concurrency. A burst pool not needed keeps one warm replica for ``cloud_idle_to_zero_s``, then goes to zero.
+    No pool is planned below its in-flight load, and a pool at zero with requests waiting for it is started.
     """
 
     Knobs = CostAwareKnobs
@@ -89,94 +124,175 @@ class CostAware:
     def __init__(self, config: PolicyFile) -> None:
         self.config = config
         self.knobs = CostAwareKnobs.model_validate(config.policy.knobs)
-        # Static order (configured prices, not noisy measurements), so the fill order never flip-flops.
-        self.order = sorted(config.pools, key=lambda n: (config.pools[n].cost_per_request_slot_usd_per_hour, n))
+        self.profiles = {n: pc.profile or _flat_profile(pc, self.knobs) for n, pc in config.pools.items()}
 
     def __call__(self, snapshot: ClusterSnapshot, state: PolicyState, now: float) -> tuple[ScalePlan, PolicyState]:
-        k, slo = self.knobs, self.config.slo
+        k = self.knobs
         mem = _Memory.load(state.memory)
-        order = [n for n in self.order if n in snapshot.pools]
-        if not order:
+        pools = {n: p for n, p in snapshot.pools.items() if n in self.config.pools}
+        if not pools:
             return ScalePlan.hold(snapshot, "cost_aware: none of the configured pools is observed"), state
-        pools = {n: snapshot.pools[n] for n in order}
 
         arrivals = sum(p.arrival_rate_rps for p in pools.values())
         queued = sum(p.queued_requests for p in pools.values())
         self._smooth(mem, arrivals, now)
-        for name, p in pools.items():
-            self._measure_service(mem, name, p, now)
-        backlog_rps = queued / k.backlog_drain_s
-        demand = arrivals + backlog_rps
+        self._learn(mem, pools, now)
+        # The window's arrival count is Poisson: a change beyond two standard deviations of the smoothed level
+        # counts at once (a real step up or down); smaller excursions are noise the smoothing absorbs.
+        window_s = max(p.window_s for p in pools.values())
+        noise = 2.0 * math.sqrt(max(mem.level_rps, 1.0 / window_s) / window_s)
+        rate = arrivals if abs(arrivals - mem.level_rps) > noise else mem.level_rps
+        demand = rate + queued / k.backlog_drain_s
 
         def forecast(horizon_s: float) -> float:
             # Only a rising trend is projected: decreases wait for the data (and the downscale delay).
             return demand + max(0.0, mem.trend_rps_per_s) * horizon_s
 
+        figures = self._figures(pools, snapshot.mix, mem)
+        order = sorted(figures, key=lambda n: (figures[n].unit_cost, n))
         targets: dict[str, PoolTarget] = {}
         notes: list[str] = []
-        upstream_rps = 0.0  # what the cheaper pools will carry, counted before the next pool is sized
-        preferred: str | None = None
-        last = order[-1]
+        details: dict[str, Any] = {}
         for rank, name in enumerate(order):
-            p, pc = pools[name], self.config.pools[name]
-            service_s = mem.service_s.get(name, k.assumed_service_s)
-            per_replica_rps = pc.target_ongoing_requests_per_replica / service_s
-            usable_rps = per_replica_rps * (1.0 if name == last else k.edge_fill_fraction)
-            horizon_s = _horizon_s(p, pc)
-            miss = _slo_miss_ratio(p, slo.ttft_p95_s, slo.e2e_p95_s)
-            # A pool with a queue misses the SLO because it is too small (TTFT includes the wait): grow it.
-            # Only a pool missing it without a queue is slow per token, which more replicas do not fix.
-            slow = miss > 1.0 and p.queued_requests == 0
-            if not slow or name == last:  # the last pool is the one of last resort: always sized on demand
-                need_rps = max(0.0, forecast(horizon_s) - upstream_rps)
-                want = replicas_for(need_rps, usable_rps)
-                if name != last:
-                    want = min(want, pc.max_replicas)
-                upstream_rps += pc.max_replicas * usable_rps
-                health = (("meets SLO" if miss <= 1.0 else "misses SLO") + f" (p95 at {miss:.0%} of it)"
-                          if _latency(p) else "no latency samples")
-                if miss > 1.0 and not slow:
-                    health += f" with {p.queued_requests} queued: too small, not slow"
-                note = (f"{name}: {health}, need {need_rps:.2f} rps by +{horizon_s:.0f}s "
-                        f"at {usable_rps:.2f} rps/replica -> {want}")
-                has_room = p.ready_replicas > 0 and demand <= p.ready_replicas * usable_rps
-                if preferred is None and miss <= 1.0 and has_room:
-                    preferred = name
-            else:
-                # What it carries now, scaled down to the share it could carry within the SLO.
-                within_slo_rps = min(p.arrival_rate_rps, p.ready_replicas * usable_rps) / miss
-                want = p.replicas
-                upstream_rps += within_slo_rps
-                note = (f"{name}: misses SLO ({_latency(p)}, {miss:.0%} of it), held at {want}, "
-                        f"counted for {within_slo_rps:.2f} of its {p.arrival_rate_rps:.2f} rps")
+            p, pc, f = pools[name], self.config.pools[name], figures[name]
+            need_rps = forecast(f.horizon_s)
+            sizes = self._cascade(order, figures, pools, need_rps, f.horizon_s)
+            want, offered_rps, overflow_rps = sizes[name]
             needed = want
+            note = (f"{name}: {f.capacity.describe()}; takes {offered_rps:.2f} of {need_rps:.2f} rps by "
+                    f"+{f.horizon_s:.0f}s -> {want} replica{'s' if want != 1 else ''}"
+                    + (f", passes on {overflow_rps:.2f} rps" if overflow_rps > 0.005 else ""))
+            if f.slo_max_prompt_tokens is not None:
+                note += f", prompts <= {f.slo_max_prompt_tokens} tokens ({f.share:.0%} of requests)"
             # Never plan a pool below the requests it is working on now (they drain once routing moves away).
-            floor = replicas_for(p.ongoing_requests, pc.target_ongoing_requests_per_replica)
-            if p.arrival_rate_rps > 0:
-                floor = max(floor, 1)
-            want = max(want, min(floor, p.replicas))
-            if p.replicas == 0 and p.queued_requests > 0:
-                # Requests held by the router for a pool with no replica (too big for the others, or every
-                # other pool full): only this pool will serve them, so it starts now, whatever the forecast.
-                waiting_need = min(pc.max_replicas,
-                                   replicas_for(p.queued_requests, pc.target_ongoing_requests_per_replica))
-                if waiting_need > want:
-                    want = waiting_need
-                    note += f", {p.queued_requests} waiting for it: start {want} from zero"
+            per = max(1, f.capacity.concurrency)
+            floor = min(replicas_for(p.ongoing_requests, per), p.replicas)
+            if floor > want:
+                want = floor
+                note += f", kept at {want} for its {p.ongoing_requests} requests in flight"
+            if p.queued_requests > 0:
+                # Requests queued or held for this pool (every pool before it full, or too big for them): the
+                # router found no SLO-safe room for them anywhere, so this pool grows to hold what it has at its
+                # SLO-safe concurrency, whatever the forecast (from zero: only it will serve them).
+                queue_need = min(pc.max_replicas, replicas_for(p.ongoing_requests, per))
+                if queue_need > want:
+                    want = queue_need
+                    note += (f", {p.queued_requests} waiting for it: start {want} from zero" if p.replicas == 0 else
+                             f", {p.queued_requests} queued beyond its slots: {want} for {p.ongoing_requests} "
+                             "in flight")
             if rank > 0:
                 want, idle_note = self._keep_warm(mem, name, p, needed, want, now)
                 note += idle_note
             targets[name] = PoolTarget.for_replicas(want, pc.replicas_per_node)
             notes.append(note)
-        preferred = preferred or last
+            details[name] = {"capacity": _capacity_fields(f.capacity), "horizon_s": round(f.horizon_s, 1),
+                             "demand_rps": round(need_rps, 3), "offered_rps": round(offered_rps, 3),
+                             "overflow_rps": round(overflow_rps, 3), "slo_max_prompt_tokens": f.slo_max_prompt_tokens,
+                             "needed_replicas": needed, "replicas": want,
+                             "unit_cost_usd_per_rps_hour": _finite(f.unit_cost)}
 
-        reason = (
-            f"cost_aware: demand {demand:.2f} rps (arrivals {arrivals:.2f}, smoothed {mem.level_rps:.2f}, "
-            f"trend {mem.trend_rps_per_s:+.3f} rps/s, {queued} queued); " + "; ".join(notes) + f"; prefer {preferred}"
+        routing = RoutingPlan(
+            fill_order=order,
+            pools={n: PoolAdmission(max_concurrency_per_replica=figures[n].capacity.concurrency,
+                                    slo_max_prompt_tokens=figures[n].slo_max_prompt_tokens,
+                                    capacity_rps_per_replica=round(figures[n].capacity.rps, 4),
+                                    basis=_basis(figures[n].capacity)) for n in order},
+            reason="fill order by $/h per rps of SLO capacity: " + ", ".join(
+                f"{n} {_finite(figures[n].unit_cost)}" for n in order),
         )
+        reason = (f"cost_aware: demand {demand:.2f} rps (arrivals {arrivals:.2f}, smoothed {mem.level_rps:.2f}, "
+                  f"trend {mem.trend_rps_per_s:+.3f} rps/s, {queued} queued); " + "; ".join(notes)
+                  + "; fill order " + ", ".join(order))
         mem.last_at_s = now
-        new_state = replace(state, memory=mem.dump())
-        return ScalePlan(targets, reason, preferred_pool_by_class={"default": preferred}), new_state
+        plan_details = {"demand_rps": round(demand, 3), "arrivals_rps": round(arrivals, 3),
+                        "smoothed_rps": round(mem.level_rps, 3), "trend_rps_per_s": round(mem.trend_rps_per_s, 4),
+                        "queued": queued, "fill_order": order, "pools": details}
+        return (ScalePlan(targets, reason, routing=routing, details=plan_details),
+                replace(state, memory=mem.dump()))
+
+    # --- capacity ----------------------------------------------------------------------------------------------
+
+    def _figures(self, pools: Mapping[str, PoolSnapshot], mix: RequestMix, mem: _Memory) -> dict[str, _Pool]:
+        k, slo = self.knobs, self.config.slo
+        out = {}
+        for name, p in pools.items():
+            pc, profile = self.config.pools[name], self.profiles[name]
+            corr = mem.correction(name)
+            others = [n for n in pools if n != name]
+            # Eligible requests of the mix (the pool's size limits), then those within its TTFT objective.
+            eligible = RequestMix(*_unzip([(a, b) for a, b in zip(mix.prompt_tokens, mix.output_tokens, strict=True)
+                                           if _fits(pc, a, b)])) if len(mix) else mix
+            slots = p.max_concurrency_per_replica or profile.max_concurrency
+            cap = capacity_at_slo(profile, eligible, ttft_slo_s=slo.ttft_p95_s, e2e_slo_s=slo.e2e_p95_s,
+                                  max_concurrency=slots, correction=corr, prior_weight=k.prior_weight,
+                                  margin=k.slo_margin, prefill_utilisation=k.prefill_utilisation)
+            max_prompt = None
+            if others and cap.concurrency > 0:
+                max_prompt = _longest_prompt(profile, cap, slo.ttft_p95_s * k.slo_margin)
+                if len(mix) and all(a <= max_prompt for a in eligible.prompt_tokens):
+                    max_prompt = max_prompt if max(mix.prompt_tokens) > max_prompt else None
+            share = (eligible.share_within(max_prompt) * len(eligible) / len(mix)) if len(mix) else 1.0
+            if cap.concurrency == 0:
+                share = 0.0
+            unit_cost = pc.cost_per_hour_usd / cap.rps if cap.rps > 0 else math.inf
+            out[name] = _Pool(name, cap, max_prompt, share, _horizon_s(p, pc), unit_cost)
+        return out
+
+    def _cascade(self, order: list[str], figures: Mapping[str, _Pool], pools: Mapping[str, PoolSnapshot],
+                 demand_rps: float, horizon_s: float) -> dict[str, tuple[int, float, float]]:
+        """Replicas per pool for ``demand_rps`` at ``horizon_s``: each pool, cheapest first, takes its share of what
+        is left and passes on its overflow; a pool that starts slower than ``horizon_s`` counts only with the
+        replicas it has. Returns pool -> (replicas, rps offered to it, rps it passes on)."""
+        out = {}
+        untaken = demand_rps  # requests no earlier pool may take within the SLO (prompt too long, ineligible)
+        overflow = 0.0  # requests an earlier pool could take but had no SLO-safe room for
+        taken_share = 0.0  # share of all requests some earlier pool takes within the SLO
+        for name in order:
+            f, pc, p = figures[name], self.config.pools[name], pools[name]
+            cap = f.capacity
+            frac = max(0.0, f.share - taken_share) / (1.0 - taken_share) if taken_share < 1.0 else 0.0
+            # Earlier pools sized to pass on at most overflow_target of the demand meet the target: their residual
+            # overflow alone does not start this pool (it would keep a GPU up for a request an hour).
+            spill = overflow if overflow > self.knobs.overflow_target * demand_rps + 1e-9 else 0.0
+            offered = spill + untaken * frac if cap.concurrency > 0 else 0.0
+            limit = pc.max_replicas if f.horizon_s <= horizon_s + 1e-9 else min(pc.max_replicas, p.replicas)
+            if offered <= 0:
+                out[name] = (0, 0.0, 0.0)
+                continue
+            erlangs = offered * cap.service_s
+            # A request finding no SLO-safe slot may still wait for one within the objectives' slack (the router
+            # queues it when no later pool has room): the pool passes on what would wait beyond that slack.
+            slo, margin = self.config.slo, self.knobs.slo_margin
+            slack_s = max(0.0, min(slo.ttft_p95_s * margin - cap.ttft_p95_s, slo.e2e_p95_s * margin - cap.e2e_p95_s))
+            slots = slots_within(erlangs, self.knobs.overflow_target, limit * cap.concurrency, slack_s, cap.service_s)
+            replicas = min(limit, max(-(-slots // cap.concurrency), replicas_for(offered, cap.rps)))
+            passes = (offered * late_share(replicas * cap.concurrency, erlangs, slack_s, cap.service_s)
+                      if replicas else offered)
+            if offered > replicas * cap.rps:  # prefill-bound or capped: beyond its rate everything spills
+                passes = max(passes, offered - replicas * cap.rps)
+            out[name] = (replicas, offered, passes)
+            untaken *= 1.0 - frac
+            overflow = passes
+            taken_share = max(taken_share, f.share)
+        return out
+
+    # --- learning and smoothing --------------------------------------------------------------------------------
+
+    def _learn(self, mem: _Memory, pools: Mapping[str, PoolSnapshot], now: float) -> None:
+        """Fold the router's service samples into each pool's correction: decayed with ``learn_time_constant_s``;
+        a sample stays in the router's window for several ticks, so each tick adds its share of the window."""
+        dt = 0.0 if mem.last_at_s is None else max(0.0, now - mem.last_at_s)
+        decay = math.exp(-dt / self.knobs.learn_time_constant_s)
+        for name, p in pools.items():
+            corr = mem.correction(name).decayed(decay)
+            part = min(1.0, dt / p.window_s) if mem.last_at_s is not None else 1.0
+            for c in p.by_concurrency:
+                corr = corr.observe(self.profiles[name], c.concurrency, c.requests * part, c.ttft_mean_s,
+                                    c.tpot_mean_s, c.prompt_tokens_mean)
+            if corr.weight > 1e-6:
+                mem.corrections[name] = [corr.log_ttft_sum, corr.log_tpot_sum, corr.weight]
+            else:
+                mem.corrections.pop(name, None)
 
     def _smooth(self, mem: _Memory, arrivals: float, now: float) -> None:
         """Holt's linear smoothing with a time constant, so irregular ticks weigh correctly."""
@@ -192,31 +308,44 @@ class CostAware:
         mem.trend_rps_per_s += a * ((level - mem.level_rps) / dt - mem.trend_rps_per_s)
         mem.level_rps = level
 
-    def _measure_service(self, mem: _Memory, name: str, p: PoolSnapshot, now: float) -> None:
-        """Little's law on the running requests: service = running / arrivals, sampled only without a queue
-        (with one, arrivals exceed what the pool completes and the ratio would understate it)."""
-        if p.arrival_rate_rps <= 0 or p.running_requests <= 0 or p.queued_requests > 0:
-            return
-        sample = p.running_requests / p.arrival_rate_rps
-        prev = mem.service_s.get(name)
-        if prev is None or mem.last_at_s is None:
-            mem.service_s[name] = sample
-            return
-        a = 1.0 - math.exp(-max(0.0, now - mem.last_at_s) / self.knobs.rate_smoothing_s)
-        mem.service_s[name] = prev + a * (sample - prev)
-
     def _keep_warm(self, mem: _Memory, name: str, p: PoolSnapshot, needed: int, want: int,
                    now: float) -> tuple[int, str]:
         """A burst pool not needed keeps one replica for cloud_idle_to_zero_s: its cold start costs minutes."""
-        idle = needed == 0 and p.ongoing_requests == 0 and p.arrival_rate_rps == 0
+        idle = needed == 0 and p.queued_requests == 0
         if not idle or p.replicas == 0:
             mem.idle_since_s.pop(name, None)
             return want, ""
         since = mem.idle_since_s.setdefault(name, now)
         idle_s = now - since
         if idle_s < self.knobs.cloud_idle_to_zero_s:
-            return max(want, 1), f", idle {idle_s:.0f}s of {self.knobs.cloud_idle_to_zero_s:.0f}s: kept warm"
-        return want, f", idle {idle_s:.0f}s >= {self.knobs.cloud_idle_to_zero_s:.0f}s: to zero"
+            return max(want, 1), f", not needed for {idle_s:.0f}s of {self.knobs.cloud_idle_to_zero_s:.0f}s: kept warm"
+        return want, f", not needed for {idle_s:.0f}s >= {self.knobs.cloud_idle_to_zero_s:.0f}s: to zero"
+
+
+def _flat_profile(pc: PoolPolicy, k: CostAwareKnobs) -> ReplicaProfile:
+    """The prior of a pool without a profile: ``target_ongoing_requests_per_replica`` slots, each serving a 64-token
+    request in ``assumed_service_s`` whatever the concurrency (10% to the first token)."""
+    slots = max(1, int(pc.target_ongoing_requests_per_replica))
+    return ReplicaProfile(
+        name="flat prior", source="target_ongoing_requests_per_replica and assumed_service_s (no profile given)",
+        max_concurrency=slots, prefill_tokens_per_s=1e9,
+        points=[ProfilePoint(concurrency=1, ttft_overhead_s=0.1 * k.assumed_service_s,
+                             tpot_s=0.9 * k.assumed_service_s / 63)])
+
+
+def _longest_prompt(profile: ReplicaProfile, cap: Capacity, ttft_s: float) -> int:
+    """Longest prompt whose predicted TTFT at the pool's SLO-safe concurrency stays within ``ttft_s``."""
+    room_s = ttft_s / cap.ttft_scale - profile.ttft_overhead_s(cap.concurrency)
+    return max(0, int(room_s * profile.prefill_tokens_per_s))
+
+
+def _fits(pc: PoolPolicy, prompt: int, output: int) -> bool:
+    return ((pc.max_prompt_tokens is None or prompt <= pc.max_prompt_tokens)
+            and (pc.max_output_tokens is None or output <= pc.max_output_tokens))
+
+
+def _unzip(pairs: list[tuple[int, int]]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return tuple(a for a, _ in pairs), tuple(b for _, b in pairs)
 
 
 def _horizon_s(p: PoolSnapshot, pc: PoolPolicy) -> float:
@@ -226,20 +355,17 @@ def _horizon_s(p: PoolSnapshot, pc: PoolPolicy) -> float:
     return max(replica, p.node_startup_s or 0.0)
 
 
-def _slo_miss_ratio(p: PoolSnapshot, ttft_slo_s: float, e2e_slo_s: float) -> float:
-    """Worst measured p95 / objective; <= 1 meets the SLO, and no sample counts as meeting it."""
-    ratio = 0.0
-    if p.ttft_p95_s is not None:
-        ratio = max(ratio, p.ttft_p95_s / ttft_slo_s)
-    if p.e2e_p95_s is not None:
-        ratio = max(ratio, p.e2e_p95_s / e2e_slo_s)
-    return ratio
+def _basis(cap: Capacity) -> str:
+    return f"learned from {cap.samples:.0f} requests" if cap.samples >= 1 else "profile prior"
 
 
-def _latency(p: PoolSnapshot) -> str:
-    parts = []
-    if p.ttft_p95_s is not None:
-        parts.append(f"ttft p95 {p.ttft_p95_s:.2f}s")
-    if p.e2e_p95_s is not None:
-        parts.append(f"e2e p95 {p.e2e_p95_s:.2f}s")
-    return ", ".join(parts)
+def _finite(x: float) -> float | None:
+    return round(x, 4) if math.isfinite(x) else None
+
+
+def _capacity_fields(cap: Capacity) -> dict[str, Any]:
+    return {"concurrency_per_replica": cap.concurrency, "rps_per_replica": round(cap.rps, 4),
+            "service_s": round(cap.service_s, 4), "ttft_p95_s": round(cap.ttft_p95_s, 4),
+            "e2e_p95_s": round(cap.e2e_p95_s, 4), "limited_by": cap.limited_by,
+            "ttft_scale": round(cap.ttft_scale, 3), "tpot_scale": round(cap.tpot_scale, 3),
+            "samples": round(cap.samples, 1)}

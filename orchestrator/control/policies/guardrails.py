@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from deployments.contract import PoolAdmission, RoutingPlan
 from orchestrator.control.config import PolicyFile
 from orchestrator.control.plan import PoolTarget, ScalePlan
 from orchestrator.control.policies.base import Policy, PolicyState, PoolTimers
@@ -43,7 +44,7 @@ class Guarded:
             why = (f"no metrics for pool {', '.join(missing)}" if missing
                    else f"metrics are {age_s:.0f}s old (stale after {g.stale_after_s:.0f}s)")
             timers = {n: replace(t, want_up_since_s=None, want_down_since_s=None) for n, t in state.timers.items()}
-            plan = ScalePlan.hold(snapshot, f"hold: {why}", state.preferred_pool_by_class)
+            plan = ScalePlan.hold(snapshot, f"hold: {why}", state.routing)
             return plan, replace(state, timers=timers)
 
         plan, inner = self.policy(snapshot, state, now)
@@ -95,10 +96,10 @@ class Guarded:
             # Nodes always follow replicas, so a node removal still in progress is not undone by the next tick.
             targets[name] = PoolTarget.for_replicas(wanted[name], pc.replicas_per_node)
 
-        preference = dict(plan.preferred_pool_by_class) or state.preferred_pool_by_class
+        routing = _admit_only_sized_pools(plan.routing or state.routing, targets)
         reason = plan.reason + (" | guardrails: " + "; ".join(notes) if notes else "")
-        new_plan = ScalePlan(targets, reason, plan.drain, preference)
-        return new_plan, replace(inner, timers=timers, preferred_pool_by_class=dict(preference))
+        new_plan = ScalePlan(targets, reason, plan.drain, routing, plan.details)
+        return new_plan, replace(inner, timers=timers, routing=routing)
 
     def _apply_budget(self, wanted: dict[str, int], current: dict[str, int], notes: list[str]) -> None:
         budget = self.config.guardrails.budget_usd_per_hour
@@ -119,3 +120,20 @@ class Guarded:
         cut = ", ".join(f"{n} {before[n]}->{wanted[n]}" for n in wanted if wanted[n] != before[n])
         notes.append(f"budget {budget:g} $/h: {cut} (fleet {cost:.2f} $/h)")
 
+
+
+def _admit_only_sized_pools(routing: RoutingPlan | None, targets: dict[str, PoolTarget]) -> RoutingPlan | None:
+    """The router takes no new request for a pool sized to zero (its replicas drain); a pool sized above zero
+    accepts again."""
+    if routing is None:
+        return None
+    pools = dict(routing.pools)
+    for name, target in targets.items():
+        current = pools.get(name)
+        accepting = target.replicas > 0
+        if current is None:
+            if not accepting:
+                pools[name] = PoolAdmission(max_concurrency_per_replica=0, accepting=False, basis="sized to zero")
+        elif current.accepting != accepting:
+            pools[name] = current.model_copy(update={"accepting": accepting})
+    return routing.model_copy(update={"pools": pools})

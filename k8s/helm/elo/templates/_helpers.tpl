@@ -95,13 +95,19 @@ Cross-field checks that JSON schema cannot express; each failure names the field
 {{- if not $enabled }}
 {{- fail "pools: enable at least one pool (pools.cloud.enabled or pools.edge.enabled)" }}
 {{- end }}
-{{- if not (has .Values.router.default_pool $enabled) }}
-{{- fail (printf "router.default_pool: %q is not an enabled pool %v" .Values.router.default_pool $enabled) }}
+{{- range $pool := .Values.router.fill_order | default list }}
+{{- if not (has $pool $enabled) }}
+{{- fail (printf "router.fill_order: %q is not an enabled pool %v" $pool $enabled) }}
+{{- end }}
 {{- end }}
 {{- range $cls, $pool := .Values.router.slo_class_preferences }}
 {{- if not (has $pool $enabled) }}
 {{- fail (printf "router.slo_class_preferences.%s: %q is not an enabled pool %v" $cls $pool $enabled) }}
 {{- end }}
+{{- end }}
+{{- $auth := .Values.router.auth | default dict }}
+{{- if and .Values.controller.enabled $auth.keys (not (.Values.apiKeys | default dict).existingSecret) }}
+{{- fail "router.auth.keys: with API keys on, the controller needs the router's admin key: set apiKeys.existingSecret to a Secret with an admin-key entry (or controller.enabled=false)" }}
 {{- end }}
 {{- $groupNames := list }}
 {{- range $name := $enabled }}
@@ -160,6 +166,10 @@ Serve settings with its placement added (resources {"pool-<pool>": 1}; num_gpus 
 {{- end }}
 {{- /* The router asks for a sliver of the head's "elo-head" resource: no worker pod hosts it, so each can be drained. */}}
 {{- $router := deepCopy .Values.router }}
+{{- /* helm drops a key set to null, so an absent probe_every_s (60 in values.yaml) is the user's null: never probe. */}}
+{{- if not (hasKey $router "probe_every_s") }}
+{{- $_ := set $router "probe_every_s" nil }}
+{{- end }}
 {{- $ropts := deepCopy ($router.ray_actor_options | default dict) }}
 {{- $rres := deepCopy ($ropts.resources | default dict) }}
 {{- $_ := set $rres "elo-head" 0.001 }}
