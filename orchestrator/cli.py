@@ -47,6 +47,9 @@ def run(
     controller: bool = typer.Option(True, help="Run the autoscaling controller on elastic local pools."),
     state_dir: Path | None = typer.Option(None, help="Controller state and decision log (default ~/.cache/elo/controller)."),
     dashboard_port: int = typer.Option(8265, help="Port of the Ray dashboard (Serve's scaling API) on 127.0.0.1."),
+    cores: float | None = typer.Option(None, min=0.1, envvar="ELO_CORES",
+                                       help="Cores the local pools share (default: the CPUs this process may use); "
+                                       "the controller adds no local replica that would add no capacity on them."),
     api_key: list[str] = typer.Option([], "--api-key", help="A client API key (repeatable; also ELO_API_KEYS, "
                                       "comma-separated). With any key, /v1/* needs 'Authorization: Bearer KEY'."),
     admin_key: str | None = typer.Option(None, "--admin-key", envvar="ELO_ADMIN_KEY",
@@ -75,7 +78,7 @@ def run(
     state = state_dir or default_state_dir()
     app_config, admin = _with_api_keys(app_config, api_key, admin_key, state)
     run_forever(app_config, Endpoint(host, port, admin), cache_dir, ready_timeout_s, policy_file, policy,
-                state, dashboard_port)
+                state, dashboard_port, cores)
 
 
 def _with_api_keys(config: AppConfig, keys: list[str], admin_key: str | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from orchestrator.control.config import ConfigError, PolicyFile
 from orchestrator.control.errors import NotFoundError, TransientError
 from orchestrator.control.journal import DecisionLog, StateStore
 from orchestrator.control.loop import Controller
+from orchestrator.control.machine import SharedCores
 from orchestrator.control.policy_reload import watch_policy_file
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,10 @@ class ElasticRuntime:
         self.scaler.close()
 
 
-def start_cluster(config: AppConfig, policy: PolicyFile, dashboard_port: int = 8265) -> tuple[Any, LocalPoolBackend, str]:
-    """Start a head node (dashboard on) and the pools' initial nodes; connect this process as the driver."""
+def start_cluster(config: AppConfig, policy: PolicyFile, dashboard_port: int = 8265,
+                  cores: float | None = None) -> tuple[Any, LocalPoolBackend, str]:
+    """Start a head node (dashboard on) and the pools' initial nodes; connect this process as the driver. The pools
+    share ``cores`` (default: the CPUs this process may use), which the backend reports to the controller."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -88,10 +92,20 @@ def start_cluster(config: AppConfig, policy: PolicyFile, dashboard_port: int = 8
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     specs = {name: LocalPoolSpec(replicas_per_node=p.replicas_per_node, num_cpus=1, max_nodes=math.ceil(
         p.max_replicas / p.replicas_per_node)) for name, p in policy.pools.items()}
-    backend = LocalPoolBackend(cluster, specs, clock=time.monotonic)
+    backend = LocalPoolBackend(cluster, specs, clock=time.monotonic, machine=local_machine(config, cores))
     for name, pool in config.pools.items():
         backend.resize(name, math.ceil(pool.replicas / specs[name].replicas_per_node))
     return cluster, backend, dashboard
+
+
+def local_machine(config: AppConfig, cores: float | None = None) -> SharedCores:
+    """The cores every local pool's replicas share: a serving replica keeps its engine's threads busy (vLLM's
+    OpenMP threads and torch's intra-op threads default to every core; a transformers pool's ``num_threads``
+    caps it), a starting one about one core (loading weights, warming up)."""
+    total = float(cores) if cores is not None else float(len(os.sched_getaffinity(0)))
+    busy = {name: min(total, float(p.num_threads)) if p.engine == "transformers" and p.num_threads else total
+            for name, p in config.pools.items()}
+    return SharedCores(total, busy, {name: min(total, 1.0) for name in config.pools}, name="local")
 
 
 def apply_initial_replicas(config: AppConfig, scaler: ServeScaler, timeout_s: float = 120.0,

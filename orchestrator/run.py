@@ -85,7 +85,7 @@ def wait_until_ready(
 
 def start(
     config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, policy: PolicyFile | None = None,
-    state_dir: Path | None = None, dashboard_port: int = 8265,
+    state_dir: Path | None = None, dashboard_port: int = 8265, cores: float | None = None,
 ) -> ElasticRuntime | None:
     """Start Ray and Serve and deploy the app; returns once it is deployed (not necessarily ready).
 
@@ -118,7 +118,7 @@ def start(
         )
 
         check_pools_match(config, policy)
-        cluster, backend, dashboard = start_cluster(config, policy, dashboard_port)
+        cluster, backend, dashboard = start_cluster(config, policy, dashboard_port, cores)
         try:
             config = pin_pools_to_nodes(config)
             scaler = ServeScaler(dashboard)
@@ -182,14 +182,14 @@ def print_welcome(config: AppConfig, endpoint: Endpoint, controller: bool = Fals
 def run_forever(
     config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, ready_timeout_s: float = 600,
     policy: PolicyFile | None = None, policy_path: Path | None = None, state_dir: Path | None = None,
-    dashboard_port: int = 8265,
+    dashboard_port: int = 8265, cores: float | None = None,
 ) -> None:
     """The `elo run` job: start, wait for readiness, start the controller, print how to call the endpoint,
     stop cleanly on Ctrl-C/SIGTERM."""
     stopped = threading.Event()
     runtime = None
     try:
-        runtime = start(config, endpoint, cache_dir, policy, state_dir, dashboard_port)
+        runtime = start(config, endpoint, cache_dir, policy, state_dir, dashboard_port, cores)
         # After ray.init, which installs its own SIGTERM handler: both signals end the job cleanly.
         # SIGINT is set explicitly because a shell starting us in the background may have ignored it.
         for sig in (signal.SIGINT, signal.SIGTERM):

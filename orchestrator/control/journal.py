@@ -59,6 +59,7 @@ def decision_record(
         "observed": {p: _observed(s) for p, s in snapshot.pools.items()},
         "metrics_age_s": round(snapshot.metrics_age_s, 3),
         "errors": errors,
+        "refused": dict(plan.refused or {}),
     }
 
 

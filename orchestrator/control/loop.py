@@ -83,6 +83,7 @@ class Controller:
         self.permanent_backoff_s = (30.0, 600.0)  # first and longest wait after a PermanentError
         self._last_hold_logged_s: float | None = None
         self._logged_sizes: dict[str, tuple[int, int, int, int]] | None = None
+        self._logged_refused: set[str] = set()  # pools whose growth was refused in the last logged decision
         self.last_plan: ScalePlan | None = None
         self.hold_log_every_s = hold_log_every_s
 
@@ -115,8 +116,10 @@ class Controller:
         # `hold_log_every_s`.
         hold_due = self._last_hold_logged_s is None or now - self._last_hold_logged_s >= self.hold_log_every_s
         sizes = _sizes(snapshot)
-        if self.decisions and (not plan.is_hold(snapshot) or errors or hold_due or sizes != self._logged_sizes):
-            self._logged_sizes = sizes
+        refused = set(plan.refused or {})  # a refusal starting or ending is logged, not each tick's figures
+        if self.decisions and (not plan.is_hold(snapshot) or errors or hold_due or sizes != self._logged_sizes
+                               or refused != self._logged_refused):
+            self._logged_sizes, self._logged_refused = sizes, refused
             self.decisions.append(decision_record(now, self.wall_clock(), plan, snapshot,
                                                   self.cost_usd_per_hour(plan), errors))
             self._last_hold_logged_s = now

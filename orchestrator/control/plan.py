@@ -50,7 +50,8 @@ class ScalePlan:
 
     A pool absent from ``targets`` is left as it is. ``routing`` None means "keep the router's current plan".
     ``details`` holds the decision's figures per pool (demand, capacity, need), JSON values only, for the decision
-    log and ``elo status``. "No change" is :meth:`hold`, never ``None``.
+    log and ``elo status``. ``refused`` says, per pool, why growth the policy wanted was not asked for (e.g. no
+capacity to gain on shared cores); a hold with a new refusal is logged. "No change" is :meth:`hold`, never ``None``.
     """
 
     targets: Mapping[str, PoolTarget]
@@ -58,6 +59,7 @@ class ScalePlan:
     drain: tuple[str, ...] = ()
     routing: RoutingPlan | None = None
     details: Mapping[str, object] | None = None
+    refused: Mapping[str, str] | None = None  # pool -> why replicas the policy wanted were not asked for
 
     @classmethod
     def hold(cls, snapshot: ClusterSnapshot, reason: str, routing: RoutingPlan | None = None) -> ScalePlan:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from deployments.contract import ConcurrencyStats, PoolAdmission, PoolStats, RoutingPlan
 from orchestrator.control.capacity import RequestMix
+from orchestrator.control.machine import SharedCores
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ClusterSnapshot:
     metrics_age_s: float = 0.0
     mix: RequestMix = field(default_factory=RequestMix)  # sizes of the latest completed requests (all pools)
     routing: RoutingPlan | None = None  # the routing plan the router has in force (None: its configured order)
+    shared: tuple[SharedCores, ...] = ()  # machines whose cores several pools' replicas share (local pools)
 
     def __post_init__(self) -> None:
         if self.metrics_age_s < 0:
@@ -85,11 +87,21 @@ class ClusterSnapshot:
         for key, pool in self.pools.items():
             if key != pool.name:
                 raise ValueError(f"pools[{key!r}] holds pool {pool.name!r}")
+        seen: set[str] = set()
+        for m in self.shared:
+            if seen & m.pools:
+                raise ValueError(f"pools {sorted(seen & m.pools)} are on more than one shared machine")
+            seen |= m.pools
+
+    def machine_of(self, pool: str) -> SharedCores | None:
+        """The shared machine ``pool``'s replicas run on (None: independent capacity, e.g. KubeRay nodes)."""
+        return next((m for m in self.shared if pool in m.pools), None)
 
     @classmethod
     def of(cls, at_s: float, *pools: PoolSnapshot, metrics_age_s: float = 0.0,
-           mix: RequestMix | None = None, routing: RoutingPlan | None = None) -> ClusterSnapshot:
-        return cls(at_s, {p.name: p for p in pools}, metrics_age_s, mix or RequestMix(), routing)
+           mix: RequestMix | None = None, routing: RoutingPlan | None = None,
+           shared: tuple[SharedCores, ...] = ()) -> ClusterSnapshot:
+        return cls(at_s, {p.name: p for p in pools}, metrics_age_s, mix or RequestMix(), routing, shared)
 
     def age_s(self, now: float) -> float:
         """Age of the metrics at decision time ``now``: their age when observed plus the snapshot's own age."""

@@ -275,6 +275,10 @@ def sim2real(
                                               "floor(k) times plus once more with probability frac(k), seeded, as "
                                               "elo simulate); both halves replay the same requests.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the prompts, the rate scaling and the simulation.")] = 0,
+    api_key: Annotated[str, typer.Option(envvar="ELO_API_KEY", help="Client key, when `elo run` has API keys on.")]
+    = "EMPTY",
+    admin_key: Annotated[str | None, typer.Option(envvar="ELO_ADMIN_KEY", help="Admin key for /elo/pools, when "
+                                                  "`elo run` has API keys on (STATE_DIR/admin-key).")] = None,
 ) -> None:
     """Replay a trace slice live (through `elo bench`'s load generator, against `elo run`) and in the simulator;
     print predicted vs measured replica-seconds and latency percentiles side by side."""
@@ -322,7 +326,8 @@ def sim2real(
                       f"{trace.name} (rate x{rate_scale:g}; then {tail_s:g} s more of pool readings)")
         try:
             live = asyncio.run(run_live(plan.requests, LiveConfig(endpoint, model=model, poll_s=poll_s,
-                                                                  tail_s=tail_s), slice_params))
+                                                                  tail_s=tail_s, api_key=api_key,
+                                                                  admin_key=admin_key), slice_params))
         except Exception as e:  # connection refused, no /elo/pools, ...
             raise _fail(f"live replay against {endpoint} failed: {e} (is `elo run` running?)", 1) from e
     initial = {p: live.initial_ready.get(p, sim.pools[p].initial_replicas) for p in sim.pools}

@@ -28,6 +28,7 @@ from orchestrator.control.adapters.base import NodeInfo, choose_scale_down
 from orchestrator.control.adapters.router import cluster_snapshot
 from orchestrator.control.config import PolicyFile, PoolPolicy
 from orchestrator.control.errors import CapacityUnavailableError, NotFoundError, PermanentError
+from orchestrator.control.machine import SharedCores
 from orchestrator.control.snapshot import ClusterSnapshot
 from orchestrator.sim.model import PoolSim, SimConfig
 from orchestrator.sim.profile import ServiceCurve
@@ -90,6 +91,7 @@ class SimPool:
     replica_startups: deque[float] = field(default_factory=lambda: deque(maxlen=5))  # replica ask -> ready
     scale_ups: int = 0
     scale_downs: int = 0
+    machine: SharedCores | None = None  # the cores it shares with other pools (None: independent capacity)
 
     @property
     def slots(self) -> int:
@@ -113,11 +115,13 @@ class SimCluster:
         self.max_waiting_at_zero = sim.router.max_waiting_at_zero
         self.probe_every_s = sim.router.probe_every_s
         self._seq = 0
+        self.machines = sim.shared()
         self.pools: dict[str, SimPool] = {}
         for name, ps in sim.pools.items():
             self.pools[name] = SimPool(
                 name, ps, policy.pools[name], curves[name], PoolWindow(sim.router.metrics_window_s),
-                random.Random(f"{seed}:{name}:node"), random.Random(f"{seed}:{name}:replica"))
+                random.Random(f"{seed}:{name}:node"), random.Random(f"{seed}:{name}:replica"),
+                machine=next((m for m in self.machines if name in m.pools), None))
         now = clock()
         for name, pool in self.pools.items():  # ready at time 0, not measured as startups
             count = (initial_replicas or {}).get(name, pool.sim.initial_replicas)
@@ -208,6 +212,22 @@ class SimCluster:
         samples = self._pool(pool).startups
         return sum(samples) / len(samples) if samples else None
 
+    def shared_cores(self) -> tuple[SharedCores, ...]:
+        return self.machines
+
+    def slowdown(self, pool: SimPool) -> float:
+        """How much slower than its profile a replica of ``pool`` works now (>= 1): the machine's cores shared
+        by the replicas serving and starting on it."""
+        m = pool.machine
+        if m is None:
+            return 1.0
+        busy, starting = {}, {}
+        for name in m.pools:
+            reps = self.pools[name].replicas
+            busy[name] = sum(1 for r in reps if r.running > 0)
+            starting[name] = sum(1 for r in reps if r.state == STARTING)
+        return 1.0 / m.speed(busy, starting)
+
     # --- MetricsSource -----------------------------------------------------------------------------------------
 
     def views(self, now: float) -> dict[str, PoolView]:
@@ -282,7 +302,9 @@ class SimCluster:
                 return
             node.hosted += 1
             rep.node, rep.state = node, STARTING
-            self.schedule(now + p.sim.replica_startup_s.sample(p.rng_replica), REPLICA_READY, rep, None)
+            # On shared cores the start (loading, warm-up) stretches with the load it finds (frozen at its start).
+            startup_s = p.sim.replica_startup_s.sample(p.rng_replica) * self.slowdown(p)
+            self.schedule(now + startup_s, REPLICA_READY, rep, None)
 
     def _gone(self, rep: SimReplica, now: float) -> None:
         p = rep.pool

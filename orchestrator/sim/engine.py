@@ -10,6 +10,11 @@ re-routed whenever room may have appeared, and refused once it waited ``router.c
 router's dispatcher does. A request whose first token has not come ``router.request_timeout_s`` after it arrived
 is dropped with the sim-only status 504.
 
+Pools on a shared machine (``SimConfig.machines``, the embedded default's local nodes) share its cores: a request
+admitted while the replicas serving and starting there ask for more cores than it has runs slower than its
+profile by ``demand / cores`` (prefill and decode, frozen at admission like the concurrency), and a replica's
+start stretches the same way (see :mod:`orchestrator.control.machine`).
+
 Metrics windows are the router's own :class:`deployments.window.PoolWindow`, fed at the same moments (arrival
 and first token at the first token, completion and its service sample at the end, refusals at once), and read by
 the controller through the same producer and reader of the router's statistics, so it sees the signals it sees
@@ -148,15 +153,18 @@ class SimResult:
 
 
 class _DecisionSink:
-    """Keeps the controller's decision records that changed something or failed (what `elo status` shows)."""
+    """Keeps the controller's decision records that changed something, failed, or refused a replica on shared cores
+    (what `elo status` shows)."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
     def append(self, record: Mapping[str, Any]) -> None:
-        if record.get("changes") or record.get("errors"):
+        refused = record.get("refused") or {}
+        if record.get("changes") or record.get("errors") or refused:
             self.records.append({"at_s": record["at_s"], "changes": record["changes"], "errors": record["errors"],
-                                 "reason": record["reason"], "cost_usd_per_hour": record["cost_usd_per_hour"]})
+                                 "reason": record["reason"], "cost_usd_per_hour": record["cost_usd_per_hour"],
+                                 "refused": refused})
 
 
 class Simulator:
@@ -356,12 +364,14 @@ class Simulator:
         rep.running += 1
         n = rep.running
         self._sent[idx], self._conc[idx] = now, n
+        # Shared cores (the embedded default): every replica serving or starting there slows this one down.
+        slow = self.cluster.slowdown(rep.pool) if rep.pool.machine is not None else 1.0
         begin = rep.prefill_free_s if rep.prefill_free_s > now else now
-        done = begin + self._p[idx] * curve.prefill_s_per_token
+        done = begin + self._p[idx] * curve.prefill_s_per_token * slow
         rep.prefill_free_s = done
-        first = done + curve.overhead_s[n]
+        first = done + curve.overhead_s[n] * slow
         out = self._o[idx]
-        end = first + (out - 1) * curve.tpot_s[n] if out > 1 else first
+        end = first + (out - 1) * curve.tpot_s[n] * slow if out > 1 else first
         self._schedule(first, _FIRST_TOKEN, idx, rep.pool)
         self._schedule(end, _FINISH, idx, rep)
 

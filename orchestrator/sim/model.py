@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from deployments.config import AppConfig, Eligibility, PoolConfig, RouterConfig
 from orchestrator.control.config import PolicyFile, StrictModel
+from orchestrator.control.machine import SharedCores
 from orchestrator.sim._yaml import SimConfigError, load_model
 from orchestrator.sim.profile import ReplicaProfile, load_profile
 
@@ -98,6 +99,25 @@ class PoolSim(StrictModel):
         return v
 
 
+class SharedPoolSim(StrictModel):
+    """What one replica of a pool draws from a shared machine's cores."""
+
+    busy_cores: float = Field(gt=0, description="Cores one serving replica keeps busy (its engine's threads).")
+    startup_cores: float = Field(1.0, ge=0, description="Cores one starting replica keeps busy (loading, warm-up).")
+
+
+class MachineSim(StrictModel):
+    """A machine whose cores the replicas of several pools share (the embedded default's local nodes): beyond
+    its cores, every replica on it slows in proportion, and starting replicas slow the serving ones."""
+
+    cores: float = Field(gt=0, description="Cores of the machine.")
+    pools: dict[str, SharedPoolSim] = Field(min_length=1, description="Pools whose replicas run on it.")
+
+    def shared(self, name: str) -> SharedCores:
+        return SharedCores(self.cores, {p: s.busy_cores for p, s in self.pools.items()},
+                           {p: s.startup_cores for p, s in self.pools.items()}, name=name)
+
+
 class Workload(StrictModel):
     """How trace rows become requests (the same clamps as ``elo bench serve``)."""
 
@@ -113,13 +133,27 @@ class SimConfig(StrictModel):
     max_model_len: int | None = Field(
         None, ge=16, description="Context length: prompt + output tokens above it get 400, as the router answers.")
     workload: Workload = Field(default_factory=Workload)
+    machines: dict[str, MachineSim] = Field(
+        default_factory=dict, description="Machines whose cores pools share (none: every replica is independent).")
     drain_s: float = Field(120.0, ge=0, description="Keep ticking this long after the last arrival (scale-down).")
     seed: int = Field(0, description="Seed of the startup-delay samples.")
 
     @model_validator(mode="after")
     def _router_pools_known(self) -> SimConfig:
         self.app_config()  # the same checks as the app config (default pool, class preferences)
+        placed: dict[str, str] = {}
+        for m, machine in self.machines.items():
+            for pool in machine.pools:
+                if pool not in self.pools:
+                    raise ValueError(f"machines.{m}: unknown pool {pool!r}; pools are {sorted(self.pools)}")
+                if pool in placed:
+                    raise ValueError(f"pool {pool!r} is on machines {placed[pool]!r} and {m!r}: one at most")
+                placed[pool] = m
         return self
+
+    def shared(self) -> tuple[SharedCores, ...]:
+        """The shared machines, as the controller's snapshot carries them."""
+        return tuple(m.shared(name) for name, m in self.machines.items())
 
     def app_config(self) -> AppConfig:
         """The app config the router would run with (what `deployments.routing.route` and `fill_order` read)."""
@@ -152,7 +186,9 @@ __all__ = [
     "ConstantDelay",
     "Delay",
     "LogNormalDelay",
+    "MachineSim",
     "PoolSim",
+    "SharedPoolSim",
     "SimConfig",
     "UniformDelay",
     "Workload",

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
+from deployments.contract import RouterStats
 from orchestrator.bench.stats import RequestRecord
 from orchestrator.bench.trace import TraceRequest
 from orchestrator.sim.engine import STATUS_LABELS, SimResult, Workload
@@ -151,6 +152,7 @@ class LiveConfig:
     endpoint: str  # base URL of `elo run`, without /v1
     model: str | None = None
     api_key: str = "EMPTY"
+    admin_key: str | None = None  # for /elo/pools when `elo run` has API keys on
     poll_s: float = 1.0
     tail_s: float = 30.0  # keep polling after the last response (the controller scales down)
     timeout_s: float = 120.0
@@ -174,11 +176,12 @@ async def run_live(plan_requests: Sequence[Any], cfg: LiveConfig,
     from orchestrator.bench.loadgen import LoadgenConfig, fetch_first_model, run_load
 
     base = cfg.endpoint.rstrip("/")
+    admin = {"Authorization": f"Bearer {cfg.admin_key}"} if cfg.admin_key else {}
     async with httpx.AsyncClient(timeout=10.0) as client:
         async def ready_now() -> dict[str, int]:
-            r = await client.get(f"{base}/elo/pools")
+            r = await client.get(f"{base}/elo/pools", headers=admin)
             r.raise_for_status()
-            return {p: int(v.get("ready_replicas", 0)) for p, v in r.json().items()}
+            return {p: v.ready_replicas for p, v in RouterStats.model_validate_json(r.content).pools.items()}
 
         initial = await ready_now()
         model = cfg.model or await fetch_first_model(f"{base}/v1", cfg.api_key)

@@ -141,7 +141,11 @@ def elastic_run(tmp_path_factory, demo_model_path):
     log = (work / "elo-run.log").open("w")
     proc = subprocess.Popen(
         [ELO, "run", "--config", str(work / "app.yaml"), "--policy", str(work / "policy.yaml"), "--port", str(port),
-         "--state-dir", str(state_dir), "--api-key", API_KEY, "--dashboard-port", str(_free_port()), "--ready-timeout-s", "1200"],
+         "--state-dir", str(state_dir), "--api-key", API_KEY, "--dashboard-port", str(_free_port()), "--ready-timeout-s", "1200",
+         # As if each pool's nodes had cores of their own: this test is about nodes and replicas coming and going;
+         # on this machine's 2 shared cores the controller would rightly refuse the second edge replica (that
+         # refusal is tested in tests/unit/test_shared_cores.py).
+         "--cores", "16"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"

@@ -26,7 +26,7 @@ def profile(overhead_s: float = 0.05, tpot_s: float = 0.02, prefill: float = 1e6
 def sim_config(*, cloud_startup: float | dict = 20.0, edge_startup: float | dict = 5.0, node_startup: float = 5.0,
                cloud_initial: int = 1, edge_initial: int = 1, cloud_profile: dict | None = None,
                edge_profile: dict | None = None, seed: int = 0, drain_s: float = 60.0,
-               router: dict | None = None, **pool_changes: dict) -> SimConfig:
+               router: dict | None = None, machines: dict | None = None, **pool_changes: dict) -> SimConfig:
     pools = {
         "cloud": {"engine": "vllm", "profile": cloud_profile or profile(), "initial_replicas": cloud_initial,
                   "max_ongoing_requests": 8, "max_queued_requests": 8, "node_startup_s": node_startup,
@@ -38,7 +38,7 @@ def sim_config(*, cloud_startup: float | dict = 20.0, edge_startup: float | dict
     for name, changes in pool_changes.items():
         pools[name].update(changes)
     return SimConfig.model_validate({"pools": pools, "router": router or {"fill_order": ["cloud", "edge"]},
-                                     "drain_s": drain_s, "seed": seed})
+                                     "drain_s": drain_s, "seed": seed, "machines": machines or {}})
 
 
 def policy_file(*, name: str = "queue_target", knobs: dict | None = None, cloud: dict | None = None,

@@ -34,6 +34,7 @@ from orchestrator.control.errors import (
     PermanentError,
     TransientError,
 )
+from orchestrator.control.machine import SharedCores
 
 if TYPE_CHECKING:
     from ray.cluster_utils import Cluster
@@ -104,11 +105,12 @@ class LocalPoolBackend:
 
     def __init__(self, cluster: Cluster, pools: Mapping[str, LocalPoolSpec],
                  clock: Callable[[], float] = time.monotonic, *, join_timeout_s: float = 60.0,
-                 fence: bool = True) -> None:
+                 fence: bool = True, machine: SharedCores | None = None) -> None:
         if cluster.head_node is None:
             raise PermanentError("LocalPoolBackend needs a Cluster with a head node")
         self._cluster = cluster
         self.pools = dict(pools)
+        self.machine = machine  # the cores the pools' replicas share (they all run on this machine)
         self._clock = clock
         self._join_timeout_s = join_timeout_s
         self._fence_enabled = fence
@@ -146,6 +148,10 @@ class LocalPoolBackend:
             for node_id in choice.remove:
                 self._remove_if_idle(members[node_id], checked=True)
             self._add(pool, nodes - len(movable))
+
+    def shared_cores(self) -> tuple[SharedCores, ...]:
+        """The machine every local pool's nodes run on: one core budget for all of them."""
+        return (self.machine,) if self.machine is not None else ()
 
     def measured_startup_s(self, pool: str) -> float | None:
         with self._lock:

@@ -92,8 +92,10 @@ def cluster_snapshot(now: float, stats: RouterStats, pools: Sequence[str], scale
             replica_startup_s=getattr(scaler, "measured_startup_s", lambda _: None)(name),
             node_startup_s=backend.measured_startup_s(name),
         ))
+    # Optional on a backend: the machines whose cores its pools' replicas share (local nodes on one machine).
+    shared = tuple(getattr(backend, "shared_cores", tuple)())
     return ClusterSnapshot(now, {p.name: p for p in out}, metrics_age_s=metrics_age_s,
-                           mix=RequestMix.of(stats.recent_requests), routing=stats.plan)
+                           mix=RequestMix.of(stats.recent_requests), routing=stats.plan, shared=shared)
 
 
 class ObservedMetrics:

@@ -22,6 +22,7 @@ from orchestrator.control.capacity import (
     slots_within,
 )
 from orchestrator.control.config import PolicyFile, PoolPolicy, StrictModel
+from orchestrator.control.machine import SharedCores
 from orchestrator.control.plan import PoolTarget, ScalePlan
 from orchestrator.control.policies.base import PolicyState, replicas_for
 from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
@@ -63,6 +64,11 @@ class CostAwareKnobs(StrictModel):
     )
     prior_weight: float = Field(
         20.0, ge=0, description="Requests the profile prior counts as against the router's observations.",
+    )
+    shared_min_gain: float = Field(
+        0.1, ge=0,
+        description="On cores several pools share (the embedded default's local nodes), a replica more must add at "
+        "least this share to their SLO capacity, else it is not started (it would only take CPU from the others).",
     )
 
 
@@ -191,6 +197,18 @@ class CostAware:
                              "needed_replicas": needed, "replicas": want,
                              "unit_cost_usd_per_rps_hour": _finite(f.unit_cost)}
 
+        wants = {n: t.replicas for n, t in targets.items()}
+        refused: dict[str, str] = {}
+        for machine in snapshot.shared:
+            for name, (kept, why, fields) in self._share_cores(machine, order, pools, figures, wants).items():
+                i = order.index(name)
+                if kept < wants[name]:
+                    notes[i] += f"; {why}"
+                    refused[name] = why
+                    targets[name] = PoolTarget.for_replicas(kept, self.config.pools[name].replicas_per_node)
+                    details[name]["replicas"] = kept
+                details[name]["machine"] = fields
+
         routing = RoutingPlan(
             fill_order=order,
             pools={n: PoolAdmission(max_concurrency_per_replica=figures[n].capacity.concurrency,
@@ -207,7 +225,7 @@ class CostAware:
         plan_details = {"demand_rps": round(demand, 3), "arrivals_rps": round(arrivals, 3),
                         "smoothed_rps": round(mem.level_rps, 3), "trend_rps_per_s": round(mem.trend_rps_per_s, 4),
                         "queued": queued, "fill_order": order, "pools": details}
-        return (ScalePlan(targets, reason, routing=routing, details=plan_details),
+        return (ScalePlan(targets, reason, routing=routing, details=plan_details, refused=refused or None),
                 replace(state, memory=mem.dump()))
 
     # --- capacity ----------------------------------------------------------------------------------------------
@@ -275,6 +293,34 @@ class CostAware:
             overflow = passes
             taken_share = max(taken_share, f.share)
         return out
+
+    def _share_cores(self, machine: SharedCores, order: list[str], pools: Mapping[str, PoolSnapshot],
+                     figures: Mapping[str, _Pool], wants: Mapping[str, int]) -> dict[str, tuple[int, str, dict]]:
+        """Scale-outs on shared cores, cheapest pool first, one replica at a time, only while each adds at least
+        ``shared_min_gain`` to the machine's SLO capacity (shrinking pools free their cores first). A pool at zero
+        with requests waiting for it still gets its first replica: no request is left without one.
+        Returns pool -> (replicas kept, why the rest was refused, figures for the decision)."""
+        here = [n for n in order if n in machine.pools and n in pools]
+        rps = {n: figures[n].capacity.rps for n in here}
+        kept = {n: min(pools[n].replicas, wants[n]) for n in here}
+        why: dict[str, str] = {}
+        for name in here:
+            while kept[name] < wants[name]:
+                trial = {**kept, name: kept[name] + 1}
+                before, after = machine.capacity_rps(kept, rps), machine.capacity_rps(trial, rps)
+                waiting = kept[name] == 0 and pools[name].queued_requests > 0
+                if not waiting and after < before * (1.0 + self.knobs.shared_min_gain) - 1e-12:
+                    why[name] = (f"{name} {kept[name]}->{kept[name] + 1} would add "
+                                 + ("no capacity" if after <= before + 1e-12 else f"only {after / before - 1:.0%}")
+                                 + f": {machine.describe(trial)}, SLO capacity {before:.2f} -> {after:.2f} rps")
+                    break
+                kept[name] += 1
+        speed = machine.speed(kept)
+        return {n: (kept[n], why.get(n, ""), {
+            "name": machine.name, "cores": machine.cores, "busy_cores_per_replica": machine.busy_cores[n],
+            "replicas_on_machine": sum(kept.values()), "speed": round(speed, 3),
+            "capacity_rps": round(machine.capacity_rps(kept, rps), 4), "wanted_replicas": wants[n],
+            "refused": why.get(n)}) for n in here}
 
     # --- learning and smoothing --------------------------------------------------------------------------------
 

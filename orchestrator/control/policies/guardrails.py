@@ -98,7 +98,7 @@ class Guarded:
 
         routing = _admit_only_sized_pools(plan.routing or state.routing, targets)
         reason = plan.reason + (" | guardrails: " + "; ".join(notes) if notes else "")
-        new_plan = ScalePlan(targets, reason, plan.drain, routing, plan.details)
+        new_plan = ScalePlan(targets, reason, plan.drain, routing, plan.details, plan.refused)
         return new_plan, replace(inner, timers=timers, routing=routing)
 
     def _apply_budget(self, wanted: dict[str, int], current: dict[str, int], notes: list[str]) -> None:

@@ -1,0 +1,139 @@
+"""Pools that share one machine's cores (the embedded default): the model, the simulator that serves and starts
+replicas on it, and cost_aware, which adds no replica there that would add no capacity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from deployments.config import AppConfig
+from orchestrator.control.machine import SharedCores
+from orchestrator.control.plan import PoolTarget, ScalePlan
+from orchestrator.elastic import local_machine
+from orchestrator.sim.engine import simulate, synthetic_trace
+from tests.unit.sim_support import policy_file, profile, sim_config
+
+TWO_CORES = {"local": {"cores": 2, "pools": {"cloud": {"busy_cores": 2, "startup_cores": 1},
+                                             "edge": {"busy_cores": 2, "startup_cores": 1}}}}
+CLOUD_PROFILE = profile(overhead_s=0.05, tpot_s=0.02, max_concurrency=8)
+EDGE_PROFILE = profile(overhead_s=0.1, tpot_s=0.04, max_concurrency=4, slowdown=0.01)
+
+
+# --- the model -------------------------------------------------------------------------------------------------
+
+def test_replicas_run_at_full_speed_until_the_cores_are_asked_for_then_share_them():
+    m = SharedCores(4, {"cloud": 2, "edge": 1}, {"cloud": 1})
+    assert m.speed({"cloud": 1, "edge": 2}) == 1.0  # 4 cores asked, 4 there
+    assert m.speed({"cloud": 2, "edge": 2}) == pytest.approx(4 / 6)
+    assert m.speed({"cloud": 1, "edge": 2}, starting={"cloud": 1}) == pytest.approx(4 / 5)  # a start slows them
+    assert m.speed({"other": 9}) == 1.0, "pools not on the machine draw nothing from it"
+    # Saturated, a replica more of the same efficiency adds nothing: the machine's capacity stays flat.
+    flat = SharedCores(2, {"edge": 2})
+    assert flat.capacity_rps({"edge": 1}, {"edge": 3.0}) == flat.capacity_rps({"edge": 3}, {"edge": 3.0}) == 3.0
+    assert flat.describe({"edge": 3}) == "2 cores shared by 3 replicas (6 cores busy)"
+
+
+def test_a_machine_with_no_cores_negative_draws_or_unknown_startup_pools_is_refused():
+    with pytest.raises(ValueError, match="cores must be > 0"):
+        SharedCores(0, {"edge": 1})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        SharedCores(2, {"edge": -1})
+    with pytest.raises(ValueError, match="without busy_cores"):
+        SharedCores(2, {"edge": 1}, {"cloud": 1})
+
+
+def test_the_sim_config_refuses_unknown_pools_and_a_pool_on_two_machines():
+    with pytest.raises(ValidationError, match="unknown pool 'gpu'"):
+        sim_config(machines={"m": {"cores": 2, "pools": {"gpu": {"busy_cores": 1}}}})
+    with pytest.raises(ValidationError, match="one at most"):
+        sim_config(machines={"a": {"cores": 2, "pools": {"edge": {"busy_cores": 1}}},
+                             "b": {"cores": 2, "pools": {"edge": {"busy_cores": 1}}}})
+
+
+def test_the_local_backend_machine_is_this_process_cpus_or_the_given_cores():
+    config = AppConfig.model_validate({"pools": {
+        "cloud": {"engine": "vllm"}, "edge": {"engine": "transformers", "num_threads": 1}}})
+    m = local_machine(config, cores=4)
+    assert (m.cores, dict(m.busy_cores), dict(m.startup_cores)) == (4.0, {"cloud": 4.0, "edge": 1.0},
+                                                                      {"cloud": 1.0, "edge": 1.0})
+    import os
+    assert local_machine(config).cores == len(os.sched_getaffinity(0))
+
+
+# --- the simulator ---------------------------------------------------------------------------------------------
+
+def static(edge: int, cloud: int):
+    def policy(snapshot, state, now):
+        return ScalePlan({"edge": PoolTarget(edge, edge), "cloud": PoolTarget(cloud, cloud)}, "static"), state
+
+    return policy
+
+
+def run(machines: dict | None, *, edge: int, cloud: int, rps: float = 2.0):
+    trace = synthetic_trace(rps, 300, prompt_tokens=100, output_tokens=50, seed=3)
+    cfg = sim_config(cloud_profile=CLOUD_PROFILE, edge_profile=EDGE_PROFILE, cloud_initial=cloud, edge_initial=edge,
+                     machines=machines, router={"fill_order": ["edge", "cloud"]})
+    return simulate(trace, policy_file(), cfg, policy=static(edge, cloud))
+
+
+def test_one_busy_replica_alone_on_the_machine_runs_at_its_profile_speed():
+    alone, independent = run(TWO_CORES, edge=1, cloud=0, rps=0.5), run(None, edge=1, cloud=0, rps=0.5)
+    assert (alone.status == 200).all()
+    np.testing.assert_allclose(alone.e2e_s, independent.e2e_s)
+
+
+def test_two_pools_serving_at_once_on_two_cores_slow_each_other_down():
+    shared, independent = run(TWO_CORES, edge=1, cloud=1), run(None, edge=1, cloud=1)
+    both = shared.pool == shared.pool_names.index("cloud")
+    assert both.any() and (~both).any(), "the load spills from edge to cloud: both pools serve"
+    ok = (shared.status == 200) & (independent.status == 200)
+    ratio = np.median(shared.e2e_s[ok]) / np.median(independent.e2e_s[ok])
+    assert ratio > 1.3, f"sharing 2 cores between two busy replicas must cost time, got x{ratio:.2f}"
+
+
+def test_a_replica_started_while_the_cores_are_busy_takes_longer_to_start():
+    def ready_at(machines):
+        trace = synthetic_trace(3.0, 200, prompt_tokens=100, output_tokens=50, seed=4)
+        cfg = sim_config(cloud_profile=CLOUD_PROFILE, edge_profile=EDGE_PROFILE, cloud_initial=0, edge_initial=1,
+                         machines=machines, edge_startup=10.0, router={"fill_order": ["edge", "cloud"]})
+        result = simulate(trace, policy_file(), cfg, policy=static(2, 0))
+        return sorted(start for start, _ in result.ready_spans["edge"])[1]
+
+    assert ready_at(TWO_CORES) > ready_at(None) + 2.0  # 10 s at 2/3 speed: ~15 s instead of 10
+
+
+# --- cost_aware on shared cores --------------------------------------------------------------------------------
+
+def cost_aware(**edge):
+    return policy_file(name="cost_aware", knobs={"cloud_idle_to_zero_s": 60},
+                       cloud={"profile": CLOUD_PROFILE}, edge={"profile": EDGE_PROFILE, **edge},
+                       guardrails={"downscale_delay_s": 30, "upscale_delay_s": 5})
+
+
+def test_cost_aware_adds_no_edge_replica_that_would_only_share_the_cores_and_says_why():
+    # 4 rps of 50-token answers: more than one edge replica carries at the SLO, so cost_aware wants a second.
+    trace = synthetic_trace(4.0, 300, prompt_tokens=100, output_tokens=50, seed=5)
+    independent = simulate(trace, cost_aware(), sim_config(cloud_profile=CLOUD_PROFILE, edge_profile=EDGE_PROFILE,
+                                                           cloud_initial=0, router={"fill_order": None}))
+    assert len(independent.ready_spans["edge"]) >= 2, "with independent capacity the edge pool grows"
+
+    shared = simulate(trace, cost_aware(), sim_config(cloud_profile=CLOUD_PROFILE, edge_profile=EDGE_PROFILE,
+                                                      cloud_initial=0, router={"fill_order": None},
+                                                      machines=TWO_CORES))
+    assert len(shared.ready_spans["edge"]) == 1, "on 2 shared cores a second edge replica adds no capacity"
+    refusals = [d["refused"]["edge"] for d in shared.decisions if "edge" in d["refused"]]
+    assert refusals, "the refusal is logged"
+    assert "edge 1->2 would add no capacity: 2 cores shared by 2 replicas (4 cores busy)" in refusals[0]
+    assert all("edge 1->2" in r for r in refusals)
+
+
+def test_on_shared_cores_a_pool_at_zero_with_requests_waiting_only_for_it_still_gets_a_replica():
+    # Prompts of 600 tokens are beyond the edge pool's limit: only cloud (at zero) can serve them.
+    trace = synthetic_trace(1.0, 200, prompt_tokens=600, output_tokens=20, seed=6)
+    cfg = sim_config(cloud_profile=CLOUD_PROFILE, edge_profile=EDGE_PROFILE, cloud_initial=0,
+                     router={"fill_order": None}, machines=TWO_CORES,
+                     edge={"eligibility": {"max_prompt_tokens": 500}})
+    result = simulate(trace, cost_aware(max_prompt_tokens=500), cfg)
+    assert result.ready_spans["cloud"], "cloud started for the requests only it may serve"
+    assert (result.pool[result.status == 200] == result.pool_names.index("cloud")).all()
