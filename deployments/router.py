@@ -501,21 +501,21 @@ def build_app(router: Router) -> FastAPI:
         router._check_model_name(model_id)
         return router.model_card()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def generate(request: Request, model: type, prepare: Callable[..., Any]) -> Response:
+        """The generation endpoints: key, parsed body, routing call, per-key admission, then the pools."""
         key = key_of(request)
-        body, data = await body_of(request, ChatCompletionRequest)
-        call = router.prepare_chat(body, data, request.headers.get(router.config.router.slo_class_header))
+        body, data = await body_of(request, model)
+        call = prepare(body, data, request.headers.get(router.config.router.slo_class_header))
         admit(key, call, body)
         return await router.serve_call(call)
 
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, ChatCompletionRequest, router.prepare_chat)
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        key = key_of(request)
-        body, data = await body_of(request, CompletionRequest)
-        call = router.prepare_completion(body, data, request.headers.get(router.config.router.slo_class_header))
-        admit(key, call, body)
-        return await router.serve_call(call)
+        return await generate(request, CompletionRequest, router.prepare_completion)
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
