@@ -124,6 +124,9 @@ class RouterConfig(_Strict):
         description="On shutdown (elo run stopped, the router replica replaced) the router stops admitting new "
         "requests (503 with Retry-After) and lets those in flight finish, up to this long.")
     readiness_poll_s: float = Field(1.0, gt=0, description="How often the router refreshes replica readiness.")
+    engine_metrics_timeout_s: float = Field(
+        2.0, gt=0, description="How long /metrics waits for each replica's engine metrics (vllm:*); a replica "
+        "slower than this is left out of that scrape (elo_replica_metrics_up 0).")
     cold_start_wait_s: float = Field(
         180.0, ge=0,
         description="A request no ready replica can take waits up to this long for starting replicas (cold start) "

@@ -19,6 +19,7 @@ __all__ = [
     "PoolStats",
     "RouterStats",
     "RoutingPlan",
+    "SloTargets",
     "fill_order",
     "router_stats",
     "with_plan",
@@ -45,6 +46,16 @@ class PoolAdmission(_Model):
                        "'learned from N requests'.")
 
 
+class SloTargets(_Model):
+    """The latency objectives a request is counted against (the policy's SLO, carried by the plan)."""
+
+    ttft_s: float = Field(gt=0)
+    e2e_s: float = Field(gt=0)
+
+    def met(self, ttft_s: float | None, e2e_s: float, ok: bool) -> bool:
+        return ok and ttft_s is not None and ttft_s <= self.ttft_s and e2e_s <= self.e2e_s
+
+
 class RoutingPlan(_Model):
     """The controller's routing plan: the fill order (cheapest capacity first) and each pool's admission."""
 
@@ -57,6 +68,8 @@ class RoutingPlan(_Model):
         default_factory=dict, description="Replicas asked for and not ready yet, per pool (the controller's "
         "actuator): the router holds requests for them instead of refusing (the cold-start bridge).")
     reason: str = Field("", description="Why, in numbers (the controller's decision).")
+    slo: SloTargets | None = Field(None, description="The policy's objectives: the router counts each request as "
+                                   "meeting them or not (elo_slo_requests_total); null: not counted.")
 
     @model_validator(mode="after")
     def _orders_name_each_pool_once(self) -> RoutingPlan:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from deployments.engine_metrics import EngineMetrics
 from deployments.protocol import GenerationDelta, GenerationRequest, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class _Sequence:
     banned: torch.Tensor | None = None  # EOS and stop token ids, until min_tokens
     matcher: Any = None  # xgrammar.GrammarMatcher of a structured output
     prompt_logprobs: tuple[RankedLogprob | None, ...] | None = None
+    arrived_s: float = 0.0  # on the metrics' clock
+    last_token_s: float | None = None
 
     def put(self, item: GenerationDelta | BaseException) -> None:
         self.out.put_nowait((self.index, item))
@@ -110,6 +113,7 @@ class BatchedCPUEngine:
         self._compiler_lock = threading.Lock()
         self.running = 0
         self.steps = 0
+        self.metrics: EngineMetrics | None = None  # vLLM-named metrics, when the replica exports them
 
     @property
     def waiting(self) -> int:
@@ -180,6 +184,8 @@ class BatchedCPUEngine:
     def _sequence(self, req: GenerationRequest, index: int, out: asyncio.Queue[Any]) -> _Sequence:
         self._check_ids(req)
         seq = _Sequence(req, index, out)
+        if self.metrics is not None:
+            seq.arrived_s = self.metrics.clock()
         if req.seed is not None:
             seq.generator = torch.Generator().manual_seed(req.seed)
         if req.presence_penalty or req.frequency_penalty or req.repetition_penalty not in (None, 1.0):
@@ -231,6 +237,9 @@ class BatchedCPUEngine:
 
     async def _run_wave(self, batch: list[_Sequence]) -> None:
         self.running = len(batch)
+        if self.metrics is not None:
+            for seq in batch:
+                self.metrics.scheduled(seq.arrived_s, len(seq.req.prompt_token_ids))
         logits, cache, mask, pos = await asyncio.to_thread(self._prefill, batch)
         while batch:
             tokens, logprobs = self._sample(logits, batch)
@@ -395,12 +404,16 @@ class BatchedCPUEngine:
             seq.counts[token] += 1
             seq.seen[token] = True  # type: ignore[index]
         finish, stop_reason, drop_last = self._finish(seq, token, n)
+        if self.metrics is not None:
+            seq.last_token_s = self.metrics.token(seq.arrived_s, seq.last_token_s)
         text = self.tokenizer.decode(seq.generated[:-1] if drop_last else seq.generated, skip_special_tokens=True)
         if r.stop and n > r.min_tokens:
             hits = [(i, s) for s in r.stop if (i := text.find(s, max(0, seq.emitted_chars - len(s)))) >= 0]
             if hits:
                 cut, stop_reason = min(hits)
                 text, finish = text[:cut], "stop"
+        if finish is not None and self.metrics is not None:
+            self.metrics.finished(seq.arrived_s, finish)
         if finish is None:
             # Hold back a partial UTF-8 character, and text that may be the start of a stop string.
             hold = max((len(s) - 1 for s in r.stop), default=0)

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from deployments.cpu_engine import BatchedCPUEngine, EngineRequest, GrammarError, RankedLogprob
 from deployments.protocol import (
@@ -61,6 +62,10 @@ def build_edge_app(engine: BatchedCPUEngine, tokenizer: Any, model_name: str, ma
     app.add_api_route("/detokenize", api.detokenize, methods=["POST"])
     app.add_api_route("/v1/models", api.models, methods=["GET"])
     app.add_api_route("/health", api.health, methods=["GET"])
+    if engine.metrics is not None:  # vLLM's path and names (deployments/engine_metrics.py)
+        registry = engine.metrics.registry
+        app.add_api_route("/metrics", lambda: Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST),
+                          methods=["GET"])
     app.state.edge = api
     return app
 

@@ -123,11 +123,14 @@ class CPUReplica(_Served):
 
         from deployments.cpu_engine import BatchedCPUEngine, load_causal_lm
         from deployments.edge_api import build_edge_app
+        from deployments.engine_metrics import EngineMetrics
 
         if num_threads:
             torch.set_num_threads(num_threads)
         model, tokenizer = load_causal_lm(model_path, dtype, quantization)
         self.engine = BatchedCPUEngine(model, tokenizer, max_batch_size=max_batch_size, max_model_len=max_model_len)
+        engine = self.engine
+        engine.metrics = EngineMetrics(served_name, running=lambda: engine.running, waiting=lambda: engine.waiting)
         self.drain_timeout_s = drain_timeout_s
         self.server = ReplicaServer(build_edge_app(self.engine, tokenizer, served_name, max_model_len))
         await self.server.start()

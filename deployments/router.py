@@ -16,6 +16,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,6 +24,7 @@ from deployments.auth import Auth, keys_from_env
 from deployments.config import AppConfig
 from deployments.contract import RouterStats, RoutingPlan, fill_order, router_stats
 from deployments.dispatch import Dispatcher, Opened, ReplicaFailed
+from deployments.engine_metrics import Exposition, Scraped, relabelled
 from deployments.protocol import (
     SSE_DONE,
     APIError,
@@ -65,6 +67,27 @@ class _Metrics:
         self.ready = Gauge("elo_pool_ready_replicas", "Ready replicas per pool.", ["pool"], registry=r)
         self.retries = Counter("elo_retries", "Requests retried after a replica failed before answering.", ["pool"],
                                registry=r)
+        self.slo = Counter("elo_slo_requests", "Requests counted against the controller's SLO (TTFT and E2E within "
+                           "it, answered 200: result=met).", ["pool", "result"], registry=r)
+        self.key_refused = Counter("elo_key_refused_requests", "Requests refused for their API key: 401 (no valid "
+                                   "key), 403 (a right it lacks), 429 (its per-minute budget), by key name.",
+                                   ["key", "status"], registry=r)
+        self.starting = Gauge("elo_pool_starting_replicas", "Replicas on their way per pool (the controller's plan).",
+                              ["pool"], registry=r)
+        self.queued = Gauge("elo_pool_queued_requests", "Requests waiting at the router for the pool's capacity.",
+                            ["pool"], registry=r)
+        self.admit = Gauge("elo_pool_slo_concurrency_per_replica",
+                           "Requests the router lets one replica take (the SLO-safe concurrency in force).", ["pool"],
+                           registry=r)
+
+    def observe(self, stats: RouterStats) -> None:
+        """Gauges that are a reading of the router's state, set at scrape time from /elo/pools' figures."""
+        for pool, s in stats.pools.items():
+            self.ready.labels(pool).set(s.ready_replicas)
+            self.starting.labels(pool).set(s.starting_replicas)
+            self.queued.labels(pool).set(s.queued)
+            self.in_flight.labels(pool).set(s.in_flight)
+            self.admit.labels(pool).set(s.admission.max_concurrency_per_replica)
 
 
 @dataclass
@@ -118,6 +141,9 @@ class Router:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.vocab_size = len(self.tokenizer)
         self.metrics = _Metrics()
+        for pool in self.config.pools:  # every pool's SLO series exists from the start (a share is 0/0, not absent)
+            for result in ("met", "missed"):
+                self.metrics.slo.labels(pool, result)
         self.clock: Callable[[], float] = time.monotonic
         self.auth = Auth(self.config.router.auth, self.clock, keys_from_env())
         if not self.auth.enabled and host not in ("127.0.0.1", "localhost", "::1"):
@@ -158,6 +184,19 @@ class Router:
         except httpx.TransportError as e:
             raise ReplicaFailed(f"{type(e).__name__}: {e}") from e
         return _HttpUpstream(response)
+
+    async def engine_metrics(self) -> list[Metric]:
+        """Every ready replica's ``vllm:`` metrics, labelled with pool and replica (deployments/engine_metrics.py)."""
+        targets = [(pool, r.replica_id, r.url) for pool in self.config.pools for r in self.dispatch.ready(pool)]
+        texts = await asyncio.gather(*(self._scrape(url) for _, _, url in targets))
+        return relabelled(Scraped(pool, rid, text) for (pool, rid, _), text in zip(targets, texts, strict=True))
+
+    async def _scrape(self, url: str) -> str | None:
+        try:
+            r = await self.http.get(url + "/metrics", timeout=self.config.router.engine_metrics_timeout_s)
+        except httpx.HTTPError:
+            return None
+        return r.text if r.status_code == 200 else None
 
     async def check_health(self) -> None:
         if self.server.done():
@@ -280,6 +319,8 @@ class Router:
         except APIError as e:  # refused (429/503/400) or failed twice: demand the first pool did not absorb
             pool = call.first_pool or next(iter(self.config.pools))
             self.metrics.requests.labels(pool, str(e.status)).inc()
+            if e.status in (429, 503):  # refused for want of capacity: a request the SLO lost
+                self._count_slo(pool, None, self.clock() - call.started, False)
             self.windows[pool].rejected(self.clock())
             raise
         headers = {POOL_HEADER: opened.pool}
@@ -371,6 +412,8 @@ class Router:
         prompt = int(call.usage.get("prompt_tokens", call.prompt_tokens))
         self.metrics.requests.labels(pool, str(status)).inc()
         self.metrics.latency.labels(pool).observe(now - call.started)
+        self._count_slo(pool, call.first_token_at - call.started if call.first_token_at is not None else None,
+                        now - call.started, status == 200)
         self.metrics.tokens.labels(pool, "prompt").inc(prompt)
         self.metrics.tokens.labels(pool, "completion").inc(completion)
         w = self.windows[pool]
@@ -384,6 +427,11 @@ class Router:
             tpot = (now - call.first_token_at) / (completion - 1) if completion > 1 and call.stream else None
             w.served(ServiceSample(now, opened.concurrency, prompt, completion, call.first_token_at - opened.sent_at,
                                    tpot))
+
+    def _count_slo(self, pool: str, ttft_s: float | None, e2e_s: float, ok: bool) -> None:
+        slo = self.dispatch.plan.slo if self.dispatch.plan is not None else None
+        if slo is not None:
+            self.metrics.slo.labels(pool, "met" if slo.met(ttft_s, e2e_s, ok) else "missed").inc()
 
     # --- tokenizer endpoints (answered here: the router has the model's tokenizer) -----------------------------
 
@@ -451,11 +499,19 @@ def build_app(router: Router) -> FastAPI:
         return validate_request(data, model), data
 
     def key_of(request: Request, admin: bool = False) -> Any:
-        return router.auth.authenticate(request.headers.get("authorization"), admin=admin)
+        try:
+            return router.auth.authenticate(request.headers.get("authorization"), admin=admin)
+        except APIError as e:
+            router.metrics.key_refused.labels("(none)" if e.status == 401 else "(not admin)", str(e.status)).inc()
+            raise
 
     def admit(key: Any, call: Call, body: ChatCompletionRequest | CompletionRequest) -> None:
-        router.auth.admit(key, slo_class=call.features.slo_class, ignore_eos=body.ignore_eos,
-                          tokens=call.prompt_tokens + call.features.max_tokens)
+        try:
+            router.auth.admit(key, slo_class=call.features.slo_class, ignore_eos=body.ignore_eos,
+                              tokens=call.prompt_tokens + call.features.max_tokens)
+        except APIError as e:
+            router.metrics.key_refused.labels(key.name if key is not None else "(none)", str(e.status)).inc()
+            raise
 
     @app.get("/healthz")
     @app.get("/-/healthz")
@@ -488,7 +544,10 @@ def build_app(router: Router) -> FastAPI:
     async def metrics(request: Request) -> Response:
         if not router.auth.open_metrics:
             key_of(request)
-        return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        router.metrics.observe(router.stats())
+        engines = await router.engine_metrics()
+        return Response(generate_latest(Exposition(router.metrics.registry, engines)),  # type: ignore[arg-type]
+                        media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:

@@ -52,6 +52,9 @@ def run(
                                        "the controller adds no local replica that would add no capacity on them."),
     api_key: list[str] = typer.Option([], "--api-key", help="A client API key (repeatable; also ELO_API_KEYS, "
                                       "comma-separated). With any key, /v1/* needs 'Authorization: Bearer KEY'."),
+    metrics_port: int = typer.Option(8001, "--metrics-port", min=0, metavar="PORT",
+                                     help="Port of the controller's metrics (elo_controller_*) on the endpoint's "
+                                     "address; 0: off. The router's own are on the endpoint's /metrics."),
     admin_key: str | None = typer.Option(None, "--admin-key", envvar="ELO_ADMIN_KEY",
                                          help="Key for /elo/* (controller, elo status); generated when API keys are "
                                          "on and none is given, and written to STATE_DIR/admin-key."),
@@ -78,7 +81,7 @@ def run(
     state = state_dir or default_state_dir()
     app_config, admin = _with_api_keys(app_config, api_key, admin_key, state)
     run_forever(app_config, Endpoint(host, port, admin), cache_dir, ready_timeout_s, policy_file, policy,
-                state, dashboard_port, cores)
+                state, dashboard_port, cores, metrics_port)
 
 
 def _with_api_keys(config: AppConfig, keys: list[str], admin_key: str | None,

@@ -155,7 +155,7 @@ def stop(runtime: ElasticRuntime | None = None) -> None:
                 runtime.cluster.shutdown()
 
 
-def print_welcome(config: AppConfig, endpoint: Endpoint, controller: bool = False) -> None:
+def print_welcome(config: AppConfig, endpoint: Endpoint, controller: bool = False, metrics_port: int = 0) -> None:
     url = endpoint.base_url
     name = config.model.served_name
     pools = ", ".join(f"{p} ({c.engine}, {c.replicas} replica{'s' if c.replicas != 1 else ''})" for p, c in config.pools.items())
@@ -176,13 +176,14 @@ def print_welcome(config: AppConfig, endpoint: Endpoint, controller: bool = Fals
     if controller:
         print("The autoscaling controller is running: watch it with `elo status --watch 2` while you send load, "
               "e.g. `elo bench serve -n 200 -c 24`.")
-    print(f"Metrics: {url}/metrics   Pool state: {url}/elo/pools   Stop: Ctrl-C", flush=True)
+    controller_metrics = f"   Controller metrics: http://{endpoint.host}:{metrics_port}/metrics" if metrics_port else ""
+    print(f"Metrics: {url}/metrics{controller_metrics}   Pool state: {url}/elo/pools   Stop: Ctrl-C", flush=True)
 
 
 def run_forever(
     config: AppConfig, endpoint: Endpoint, cache_dir: Path | None = None, ready_timeout_s: float = 600,
     policy: PolicyFile | None = None, policy_path: Path | None = None, state_dir: Path | None = None,
-    dashboard_port: int = 8265, cores: float | None = None,
+    dashboard_port: int = 8265, cores: float | None = None, metrics_port: int = 0,
 ) -> None:
     """The `elo run` job: start, wait for readiness, start the controller, print how to call the endpoint,
     stop cleanly on Ctrl-C/SIGTERM."""
@@ -197,8 +198,16 @@ def run_forever(
         wait_until_ready(endpoint, [p for p, c in config.pools.items() if c.replicas > 0], ready_timeout_s, stopped)
         if runtime is not None and not stopped.is_set():
             runtime.start_controller(policy_path)
+            if metrics_port:
+                try:
+                    runtime.serve_metrics(endpoint.host, metrics_port)
+                except OSError as e:  # the endpoint serves without them; say so
+                    console.print(f"[yellow]controller metrics off: cannot listen on {endpoint.host}:{metrics_port} "
+                                  f"({e}); pick another with --metrics-port[/]")
+                    metrics_port = 0
         if not stopped.is_set():
-            print_welcome(config, endpoint, controller=runtime is not None)
+            print_welcome(config, endpoint, controller=runtime is not None,
+                          metrics_port=metrics_port if runtime is not None else 0)
         while not stopped.wait(1.0):
             pass
         console.print("\nStopping.")

@@ -94,7 +94,7 @@ def start(system: str, model: str, port: int, work: Path) -> tuple[subprocess.Po
         proc = subprocess.Popen([sys.executable, str(script), model, str(port)], **popen)
         wait_ready(f"{base}/v1/models", proc, log, lambda r: r.status_code == 200 and r.json().get("data"))
     else:
-        args = [str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()),
+        args = [str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()), "--metrics-port", "0",
                 "--state-dir", str(work / f"{system}-state")]
         if system == "elo-cloud":
             cfg = {"model": {"source": "demo"}, "pools": {"cloud": {"engine": "vllm", "max_ongoing_requests": 64,

@@ -132,6 +132,7 @@ def main() -> None:
     port = free_port()
     log = out_dir / "elo-run.log"
     proc = subprocess.Popen([str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()),
+                             "--metrics-port", "0",
                              "--state-dir", str(state_dir)], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     url = f"http://127.0.0.1:{port}"

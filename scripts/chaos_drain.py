@@ -96,7 +96,8 @@ def main() -> None:
     port = free_port()
     log = Path(args.out).with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()), "--no-controller"]
+    cmd = [str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()), "--no-controller",
+           "--metrics-port", "0"]
     if args.config:
         cmd += ["--config", args.config]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,

@@ -5,7 +5,8 @@ the current request mix, with the requests per second that concurrency serves.
 The service model (shared with the simulator, fitted by ``elo bench profile``), per replica and concurrency ``n``
 (requests running on the replica, the new one included):
 
-* TTFT = prompt tokens / ``prefill_tokens_per_s`` + ``ttft_overhead_s(n)``;
+* TTFT = prompt tokens / prefill rate + ``ttft_overhead_s(n)``; the prefill rate is the point's own
+  ``prefill_tokens_per_s`` where its runs measured one, else the profile's;
 * every further output token takes ``tpot_s(n)``;
 * ``ttft_overhead_s`` and ``tpot_s`` are measured points over concurrency, interpolated linearly between points,
   flat below the first and extrapolated along the last segment (never downward) above the last.
@@ -44,6 +45,9 @@ class ProfilePoint(StrictModel):
     concurrency: int = Field(ge=1, description="Requests running on the replica at once (closed-loop clients).")
     ttft_overhead_s: float = Field(ge=0, description="Median TTFT minus the prefill time of the prompt, seconds.")
     tpot_s: float = Field(gt=0, description="Median time per output token after the first, seconds.")
+    prefill_tokens_per_s: float | None = Field(
+        None, gt=0, description="This concurrency's own prefill rate, when its runs measured it apart (prompt "
+        "lengths varied); null: the profile's. A batching engine prefills faster alone than into a busy batch.")
 
 
 class ReplicaProfile(StrictModel):
@@ -83,9 +87,22 @@ class ReplicaProfile(StrictModel):
     def tpot_s(self, n: float) -> float:
         return _interp(n, [p.concurrency for p in self.points], [p.tpot_s for p in self.points])
 
+    def prefill_s_per_token(self, n: float) -> float:
+        """Seconds per prompt token at concurrency ``n``: the points' own rates where given, else the profile's,
+        interpolated like the other tables."""
+        own = [p.prefill_tokens_per_s or self.prefill_tokens_per_s for p in self.points]
+        return _interp(n, [p.concurrency for p in self.points], [1.0 / r for r in own])
+
+    @property
+    def prefill_throughput_s_per_token(self) -> float:
+        """Seconds per prompt token of the engine's prefill throughput: its fastest rate. A slower rate at a higher
+        concurrency is latency (a prompt joining a busy batch waits for it), not less throughput: the batch's
+        prompts are prefilled together."""
+        return min(1.0 / (p.prefill_tokens_per_s or self.prefill_tokens_per_s) for p in self.points)
+
     def ttft_s(self, prompt_tokens: float, n: float) -> float:
         """Predicted TTFT of a prompt at concurrency ``n`` (no prefill queue)."""
-        return prompt_tokens / self.prefill_tokens_per_s + self.ttft_overhead_s(n)
+        return prompt_tokens * self.prefill_s_per_token(n) + self.ttft_overhead_s(n)
 
 
 def _interp(n: float, xs: Sequence[int], ys: Sequence[float]) -> float:
@@ -206,12 +223,10 @@ def capacity_at_slo(profile: ReplicaProfile, mix: RequestMix, *, ttft_slo_s: flo
     ts, ps = corr.ttft_scale(prior_weight), corr.tpot_scale(prior_weight)
     prompts = np.asarray(mix.prompt_tokens, float)
     outputs = np.maximum(np.asarray(mix.output_tokens, float) - 1.0, 0.0)
-    prefill_s = prompts / profile.prefill_tokens_per_s
-    prefill_mean_s = float(prefill_s.mean()) * ts
     limit = max(1, min(max_concurrency, profile.max_concurrency))
 
     def at(n: int) -> tuple[float, float, float]:
-        ttft = (prefill_s + profile.ttft_overhead_s(n)) * ts
+        ttft = (prompts * profile.prefill_s_per_token(n) + profile.ttft_overhead_s(n)) * ts
         e2e = ttft + outputs * profile.tpot_s(n) * ps
         return float(np.quantile(ttft, quantile)), float(np.quantile(e2e, quantile)), float(e2e.mean())
 
@@ -231,6 +246,7 @@ def capacity_at_slo(profile: ReplicaProfile, mix: RequestMix, *, ttft_slo_s: flo
         return Capacity(0, 0.0, service, ttft_q, e2e_q, limited_by, ts, ps, corr.weight)
     n, ttft_q, e2e_q, service = best
     rps = n / service if service > 0 else math.inf
+    prefill_mean_s = float(prompts.mean()) * profile.prefill_throughput_s_per_token * ts
     if prefill_mean_s > 0 and rps * prefill_mean_s > prefill_utilisation:
         rps = prefill_utilisation / prefill_mean_s
         # The concurrency that rate needs (Little), so the router does not admit more than prefill keeps up with.

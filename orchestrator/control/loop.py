@@ -10,8 +10,8 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from deployments.contract import RoutingPlan
-from orchestrator.control.config import PolicyFile
+from deployments.contract import RoutingPlan, SloTargets
+from orchestrator.control.config import PolicyFile, Slo
 from orchestrator.control.errors import PermanentError, TransientError
 from orchestrator.control.journal import DecisionLog, StateStore, decision_record
 from orchestrator.control.plan import ScalePlan
@@ -49,8 +49,27 @@ class ControllerGauges:
         self.actual_nodes = Gauge("elo_controller_actual_nodes", "Ready + starting nodes.", ["pool"], registry=r)
         self.queue = Gauge("elo_controller_queued_requests", "Requests waiting per pool.", ["pool"], registry=r)
         self.cost = Gauge("elo_controller_cost_usd_per_hour", "Cost of the planned fleet.", registry=r)
+        self.ready_replicas = Gauge("elo_controller_ready_replicas", "Ready replicas.", ["pool"], registry=r)
+        self.starting_replicas = Gauge("elo_controller_starting_replicas", "Replicas asked for, not ready yet.",
+                                       ["pool"], registry=r)
+        self.budget = Gauge("elo_controller_budget_usd_per_hour", "The guardrails' budget (absent: none).", registry=r)
+        self.metrics_age = Gauge("elo_controller_metrics_age_seconds", "Age of the metrics the last decision used.",
+                                 registry=r)
+        self.stale_after = Gauge("elo_controller_stale_after_seconds",
+                                 "Metrics older than this make the controller hold (guardrails.stale_after_s).",
+                                 registry=r)
+        self.slo_concurrency = Gauge("elo_controller_slo_concurrency_per_replica",
+                                     "Requests one replica takes while the pool meets the SLO (planned admission).",
+                                     ["pool"], registry=r)
+        self.slo_capacity = Gauge("elo_controller_slo_capacity_rps_per_replica",
+                                  "Requests per second one replica serves within the SLO (the controller's "
+                                  "estimate).", ["pool"], registry=r)
+        self.scaling_actions = Counter("elo_controller_scaling_actions", "Replica-count changes applied.",
+                                       ["pool", "direction"], registry=r)
         self.ticks = Counter("elo_controller_ticks", "Controller ticks.", registry=r)
         self.errors = Counter("elo_controller_errors", "Failed observe/act steps.", ["step"], registry=r)
+        for step in ("observe", "tick"):  # every step's series exists from the start (rate() and alerts see 0)
+            self.errors.labels(step)
 
 
 class Controller:
@@ -156,8 +175,10 @@ class Controller:
             scale = lambda p=pool, n=target.replicas: self.scaler.set_replicas(p, n)  # noqa: E731
             steps = [("resize " + pool, resize), ("scale " + pool, scale)]
             for step, fn in steps if growing else reversed(steps):
-                attempt(step, fn)
-        routing = _with_starting(plan, snapshot)
+                if attempt(step, fn) and step.startswith("scale") and seen is not None \
+                        and target.replicas != seen.replicas:
+                    self.gauges.scaling_actions.labels(pool, "up" if target.replicas > seen.replicas else "down").inc()
+        routing = _with_starting(plan, snapshot, self.policy_file.slo)
         # Pushed when it changes, and again when the router does not have it (it restarted, or lost it).
         if routing is not None and (routing != self._pushed_routing or snapshot.routing != routing):
             if attempt("routing", lambda: self.routing.set_routing(routing)):
@@ -182,13 +203,26 @@ class Controller:
     def _export(self, plan: ScalePlan, snapshot: ClusterSnapshot) -> None:
         g = self.gauges
         for pool, target in plan.targets.items():
+            for direction in ("up", "down"):  # the series exist before the first action (increase() reads 0)
+                g.scaling_actions.labels(pool, direction)
             g.desired_replicas.labels(pool).set(target.replicas)
             g.desired_nodes.labels(pool).set(target.nodes)
         for pool, seen in snapshot.pools.items():
             g.actual_replicas.labels(pool).set(seen.replicas)
             g.actual_nodes.labels(pool).set(seen.nodes)
             g.queue.labels(pool).set(seen.queued_requests)
+            g.ready_replicas.labels(pool).set(seen.ready_replicas)
+            g.starting_replicas.labels(pool).set(seen.starting_replicas)
+        for pool, admission in (plan.routing.pools.items() if plan.routing else ()):
+            g.slo_concurrency.labels(pool).set(admission.max_concurrency_per_replica)
+            if admission.capacity_rps_per_replica is not None:
+                g.slo_capacity.labels(pool).set(admission.capacity_rps_per_replica)
         g.cost.set(self.cost_usd_per_hour(plan))
+        guardrails = self.policy_file.guardrails
+        if guardrails.budget_usd_per_hour is not None:
+            g.budget.set(guardrails.budget_usd_per_hour)
+        g.stale_after.set(guardrails.stale_after_s)
+        g.metrics_age.set(snapshot.age_s(self.clock()))
 
     def run(self, stop: threading.Event) -> None:
         """Tick every `tick_interval_s` until `stop` is set; a failing tick is logged, never fatal."""
@@ -207,9 +241,9 @@ def _sizes(snapshot: ClusterSnapshot) -> dict[str, tuple[int, int, int, int]]:
             for n, p in snapshot.pools.items()}
 
 
-def _with_starting(plan: ScalePlan, snapshot: ClusterSnapshot) -> RoutingPlan | None:
+def _with_starting(plan: ScalePlan, snapshot: ClusterSnapshot, slo: Slo) -> RoutingPlan | None:
     """The plan's routing with the replicas on their way per pool (planned minus ready), so the router holds
-    requests for them through a cold start."""
+    requests for them through a cold start, and the SLO it counts requests against."""
     if plan.routing is None:
         return None
     starting = {}
@@ -218,4 +252,5 @@ def _with_starting(plan: ScalePlan, snapshot: ClusterSnapshot) -> RoutingPlan | 
         ready = seen.ready_replicas if seen is not None else 0
         if target.replicas > ready:
             starting[pool] = target.replicas - ready
-    return plan.routing.model_copy(update={"starting": starting})
+    return plan.routing.model_copy(update={"starting": starting,
+                                           "slo": SloTargets(ttft_s=slo.ttft_p95_s, e2e_s=slo.e2e_p95_s)})

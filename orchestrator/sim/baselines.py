@@ -269,7 +269,7 @@ def trace_capacity(workload: Workload, policy_file: PolicyFile, sim: SimConfig, 
         out["fits"][name] = ok & (ttft <= slo.ttft_p95_s) & (e2e <= slo.e2e_p95_s)
         out["service"][name] = e2e
         out["unit"][name] = pc.cost_per_hour_usd / rps if rps > 0 else math.inf
-        longest = max(0, int((slo.ttft_p95_s - curve.overhead_s[conc]) * ps.profile.prefill_tokens_per_s))
+        longest = max(0, int((slo.ttft_p95_s - curve.overhead_s[conc]) / curve.prefill_s_per_token[conc]))
         out["max_prompt"][name] = longest if (ok & (p_tok > longest)).any() else None
     order = tuple(sorted(sim.pools, key=lambda n: (out["unit"][n], n)))
     usable = [n for n in order if out["conc"][n] > 0]
@@ -371,7 +371,8 @@ def _fluid_need(workload: Workload, sim: SimConfig, tc: TraceCapacity, bucket_s:
         takes = tc.eligible[name] if k == len(usable) - 1 else tc.fits[name]
         w = share * takes
         work = np.bincount(bucket, weights=w * tc.service_s[name], minlength=nb) / bucket_s
-        prefill = np.bincount(bucket, weights=w * p_tok, minlength=nb) / bucket_s / ps.profile.prefill_tokens_per_s
+        prefill = (np.bincount(bucket, weights=w * p_tok, minlength=nb) / bucket_s
+                   * ps.profile.prefill_throughput_s_per_token)
         demand = np.maximum(work / tc.concurrency[name], prefill)
         want = np.ceil(demand - 1e-9).astype(int)
         want[(demand > 0) & (want == 0)] = 1

@@ -367,9 +367,12 @@ class Simulator:
         # Shared cores (the embedded default): every replica serving or starting there slows this one down.
         slow = self.cluster.slowdown(rep.pool) if rep.pool.machine is not None else 1.0
         begin = rep.prefill_free_s if rep.prefill_free_s > now else now
-        done = begin + self._p[idx] * curve.prefill_s_per_token * slow
+        # The prefill server is busy for the prompt at the engine's throughput; a slower rate at this concurrency
+        # (a prompt joining a busy batch) is latency on top, not more of the server's time.
+        busy = self._p[idx] * curve.prefill_busy_s_per_token
+        done = begin + busy * slow
         rep.prefill_free_s = done
-        first = done + curve.overhead_s[n] * slow
+        first = done + (self._p[idx] * curve.prefill_s_per_token[n] - busy + curve.overhead_s[n]) * slow
         out = self._o[idx]
         end = first + (out - 1) * curve.tpot_s[n] * slow if out > 1 else first
         self._schedule(first, _FIRST_TOKEN, idx, rep.pool)

@@ -3,11 +3,13 @@ or fitted from ``elo bench`` request records.
 
 The model, per replica (continuous batching, requests admitted up to a concurrency limit):
 
-* **prefill** is a FIFO server of ``prefill_tokens_per_s``: a request admitted at ``t`` starts its prefill at
-  ``max(t, end of the replica's previous prefill)`` and needs ``prompt_tokens / prefill_tokens_per_s`` seconds —
-  so a burst of long prompts queues, as it does on a real engine;
-* **TTFT** = prefill wait + prefill time + ``ttft_overhead_s(n)``, where ``n`` is the replica's concurrency at
-  admission (the request included) — scheduling, the first decode step, streaming;
+* **prefill** is a FIFO server at the engine's prefill throughput (its fastest rate): a request admitted at ``t``
+  starts its prefill at ``max(t, end of the replica's previous prefill)`` and holds it for ``prompt_tokens`` at
+  that rate — so a burst of long prompts queues, as it does on a real engine;
+* **TTFT** = prefill wait + ``prompt_tokens`` at the rate of concurrency ``n`` (a point's own
+  ``prefill_tokens_per_s``, else the profile's: a prompt joining a busy batch takes longer, without holding the
+  server longer) + ``ttft_overhead_s(n)``, where ``n`` is the replica's concurrency at admission (the request
+  included) — scheduling, the first decode step, streaming;
 * **decode**: every further output token takes ``tpot_s(n)``, ``n`` again frozen at admission.
 
 ``ttft_overhead_s`` and ``tpot_s`` are tables over concurrency (the measured points), interpolated linearly
@@ -35,7 +37,8 @@ class ServiceCurve:
     """A profile resolved for one pool: index ``n`` (1..limit) of the tables is the value at concurrency n."""
 
     limit: int
-    prefill_s_per_token: float
+    prefill_s_per_token: tuple[float, ...]  # latency per prompt token at concurrency n
+    prefill_busy_s_per_token: float  # what a prompt occupies the replica's prefill for (its throughput)
     overhead_s: tuple[float, ...]
     tpot_s: tuple[float, ...]
 
@@ -45,7 +48,8 @@ class ServiceCurve:
         limit = max(1, min(limit, profile.max_concurrency))
         return cls(
             limit=limit,
-            prefill_s_per_token=1.0 / profile.prefill_tokens_per_s,
+            prefill_s_per_token=(0.0,) + tuple(profile.prefill_s_per_token(n) for n in range(1, limit + 1)),
+            prefill_busy_s_per_token=profile.prefill_throughput_s_per_token,
             overhead_s=(0.0,) + tuple(profile.ttft_overhead_s(n) for n in range(1, limit + 1)),
             tpot_s=(0.0,) + tuple(profile.tpot_s(n) for n in range(1, limit + 1)),
         )
@@ -53,7 +57,7 @@ class ServiceCurve:
     def isolated_latency(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
                          n: int) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, E2E) of requests at concurrency ``n`` with no prefill queue (the capacity model of the bound)."""
-        ttft = self.overhead_s[n] + prompt_tokens * self.prefill_s_per_token
+        ttft = self.overhead_s[n] + prompt_tokens * self.prefill_s_per_token[n]
         return ttft, ttft + np.maximum(output_tokens - 1, 0) * self.tpot_s[n]
 
 
@@ -162,8 +166,10 @@ def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
     The prefill rate is the slope of TTFT over prompt tokens, shared by all concurrencies (least squares with one
     intercept per concurrency); it is identifiable only if prompt lengths vary within some concurrency. If they
     do not, the whole TTFT at the lowest concurrency is attributed to prefill (a conservative rate) and the notes
-    say so. Per concurrency, ``ttft_overhead_s`` is the median of TTFT minus prefill time (>= 0) and ``tpot_s`` the
-    median TPOT. Raises ValueError when there is nothing to fit.
+    say so. A concurrency whose own slope is more than 1.5x off the shared one (a batching engine prefills a lone
+    prompt faster than one joining a busy batch) keeps its own rate (``ProfilePoint.prefill_tokens_per_s``), and the
+    shared rate is refitted without it. Per concurrency, ``ttft_overhead_s`` is the median of TTFT minus prefill
+    time (>= 0) and ``tpot_s`` the median TPOT. Raises ValueError when there is nothing to fit.
     """
     ok = [s for s in samples if s.ttft_s is not None and s.ttft_s >= 0 and s.prompt_tokens > 0]
     if not ok:
@@ -177,6 +183,12 @@ def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
         low = [s for s in ok if s.concurrency == levels[0]]
         slope = statistics.median(s.ttft_s / s.prompt_tokens for s in low)
         notes.append(f"the whole TTFT at concurrency {levels[0]} is counted as prefill (conservative)")
+    own_rates = {c: _own_rate([s for s in ok if s.concurrency == c], slope) for c in levels}
+    rest = [c for c in levels if own_rates[c] is None]
+    if len(rest) < len(levels) and rest:  # the shared rate, now from the concurrencies without their own
+        refit = _lstsq_slope([s for s in ok if s.concurrency in rest], rest)
+        if refit > 0 and any(len({s.prompt_tokens for s in ok if s.concurrency == c}) > 1 for c in rest):
+            slope = refit
     points = []
     for c in levels:
         group = [s for s in ok if s.concurrency == c]
@@ -184,9 +196,14 @@ def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
         if not tpots:
             notes.append(f"concurrency {c}: no request with 2+ output tokens, skipped")
             continue
-        overhead = max(0.0, statistics.median(s.ttft_s - s.prompt_tokens * slope for s in group))
+        own = own_rates[c]
+        per_token = 1.0 / own if own else slope
+        overhead = max(0.0, statistics.median(s.ttft_s - s.prompt_tokens * per_token for s in group))
         points.append(ProfilePoint(concurrency=c, ttft_overhead_s=round(overhead, 6),
-                                   tpot_s=round(statistics.median(tpots), 6)))
+                                   tpot_s=round(statistics.median(tpots), 6),
+                                   prefill_tokens_per_s=round(own, 3) if own else None))
+        if own:
+            notes.append(f"concurrency {c}: its own prefill rate, {own:,.0f} tokens/s (shared {1 / slope:,.0f})")
         notes.append(f"concurrency {c}: {len(group)} requests")
     if not points:
         raise ValueError("no concurrency level has requests with more than one output token (TPOT)")
@@ -206,7 +223,7 @@ def fit_quality(profile: ReplicaProfile, samples: Sequence[Sample]) -> FitQualit
     cells = []
     residuals, ttfts = [], []
     for (c, prompt), group in sorted(groups.items()):
-        ttft_pred = prompt / profile.prefill_tokens_per_s + profile.ttft_overhead_s(c)
+        ttft_pred = profile.ttft_s(prompt, c)
         e2es = [s.e2e_s for s in group if s.e2e_s is not None]
         outs = [s.output_tokens for s in group if s.output_tokens is not None]
         e2e_pred = (ttft_pred + max(statistics.median(outs) - 1, 0) * profile.tpot_s(c)) if outs else None
@@ -232,6 +249,18 @@ def _lstsq_slope(samples: Sequence[Sample], levels: Sequence[int]) -> float:
         x[row, -1] = s.prompt_tokens
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     return float(coef[-1])
+
+
+def _own_rate(group: Sequence[Sample], shared_s_per_token: float, apart: float = 1.5) -> float | None:
+    """One concurrency's own prefill rate (tokens/s) when its prompt lengths vary and its slope differs from the
+    shared one by more than ``apart`` times either way (a batching engine prefills a prompt alone several times
+    faster than into a busy batch); None: the shared rate describes it."""
+    if len({s.prompt_tokens for s in group}) < 2:
+        return None
+    own = _lstsq_slope(group, [group[0].concurrency])
+    if own <= 0 or 1 / apart <= own / shared_s_per_token <= apart:
+        return None
+    return 1.0 / own
 
 
 def _prefill_slope(samples: Sequence[Sample], levels: list[int]) -> tuple[float | None, str | None]:

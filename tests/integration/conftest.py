@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,6 +100,31 @@ def tokenizer(demo_model_path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(demo_model_path))
+
+
+@contextlib.contextmanager
+def elo_run(args: list[str], work: Path) -> Iterator[subprocess.Popen]:
+    """`elo run ARGS` in its own process group (its own Ray cluster), logging to WORK/elo-run.log; yields once it
+    serves (or fails the test if it exits first); stopped with SIGINT, as a user would, killed if it hangs."""
+    log_path = work / "elo-run.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("elo")), "run", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            # Until it serves, or exits (its own --ready-timeout-s ends a start that never gets ready).
+            while "Serving" not in log_path.read_text():
+                if proc.poll() is not None:
+                    pytest.fail(f"elo run exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+                time.sleep(1)
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from tests.integration.conftest import elo_run
 
 pytestmark = pytest.mark.integration
 
@@ -137,33 +138,15 @@ def elastic_run(tmp_path_factory, demo_model_path):
     (work / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     state_dir = work / "state"
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    log = (work / "elo-run.log").open("w")
-    proc = subprocess.Popen(
-        [ELO, "run", "--config", str(work / "app.yaml"), "--policy", str(work / "policy.yaml"), "--port", str(port),
-         "--state-dir", str(state_dir), "--api-key", API_KEY, "--dashboard-port", str(_free_port()), "--ready-timeout-s", "1200",
-         # As if each pool's nodes had cores of their own: this test is about nodes and replicas coming and going;
-         # on this machine's 2 shared cores the controller would rightly refuse the second edge replica (that
-         # refusal is tested in tests/unit/test_shared_cores.py).
-         "--cores", "16"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        # Until it serves, or exits (its own --ready-timeout-s ends a start that never gets ready).
-        while "Serving" not in (work / "elo-run.log").read_text():
-            if proc.poll() is not None:
-                pytest.fail(f"elo run exited with {proc.returncode}:\n{(work / 'elo-run.log').read_text()[-4000:]}")
-            time.sleep(1)
-        yield base, state_dir, work
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    args = ["--config", str(work / "app.yaml"), "--policy", str(work / "policy.yaml"), "--port", str(port),
+            "--metrics-port", "0", "--state-dir", str(state_dir), "--api-key", API_KEY,
+            "--dashboard-port", str(_free_port()), "--ready-timeout-s", "1200",
+            # As if each pool's nodes had cores of their own: this test is about nodes and replicas coming and
+            # going; on this machine's 2 shared cores the controller would rightly refuse the second edge replica
+            # (that refusal is tested in tests/unit/test_shared_cores.py).
+            "--cores", "16"]
+    with elo_run(args, work):
+        yield f"http://127.0.0.1:{port}", state_dir, work
 
 
 def test_burst_with_cloud_at_zero_is_bridged_by_edge_scales_up_then_back_down(elastic_run, demo_model_path):

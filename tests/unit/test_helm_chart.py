@@ -697,6 +697,38 @@ def test_service_monitor_scrapes_the_controller_and_the_router(helm: str) -> Non
     assert [p["name"] for p in serve_service["spec"]["ports"]] == ["serve"]
 
 
+def test_dashboard_configmap_is_off_by_default_and_carries_the_repo_json_for_grafanas_sidecar(helm: str) -> None:
+    assert not [o for o in render(helm) if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    objs = render(helm, "--set", "grafana.dashboards.enabled=true", "--set", "grafana.dashboards.namespace=monitoring",
+                  "--set", "grafana.dashboards.annotations.grafana_folder=LLM")
+    cm = one(objs, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    dashboard = json.loads(cm["data"]["elo-overview.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "elo-overview.json").read_text())
+    # Every panel reads the datasource variable and, where it is per pool, filters by the pool variable.
+    targets = [t for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert targets and all(t["datasource"]["uid"] == "${datasource}" for t in targets)
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "pool"}
+    assert [a["name"] for a in dashboard["annotations"]["list"]] == ["Scaling"]
+
+
+def test_prometheus_rule_is_off_by_default_and_takes_its_thresholds_from_values(helm: str) -> None:
+    assert not [o for o in render(helm) if o["kind"] == "PrometheusRule"]
+    objs = render(helm, "--set", "prometheusRule.enabled=true", "--set-json", "prometheusRule.sloAttainment=0.9",
+                  "--set", "prometheusRule.window=5m", "--set", "prometheusRule.labels.release=kps")
+    rule = one(objs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["labels"]["release"] == "kps"
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(rules) == {"EloSLOAttainmentLow", "EloRefusing", "EloBudgetReached", "EloControllerErrors",
+                          "EloControllerMetricsStale"}
+    assert rules["EloSLOAttainmentLow"]["expr"].endswith("< 0.9") and "[5m]" in rules["EloSLOAttainmentLow"]["expr"]
+    # Prometheus' own templates reach Prometheus unrendered by helm.
+    assert "{{ $labels.pool }}" in rules["EloSLOAttainmentLow"]["annotations"]["summary"]
+    assert "/prometheusRule/sloAttainment" in render_error(helm, "--set-json", "prometheusRule.sloAttainment=2")
+
+
 # --- the helm installer ----------------------------------------------------------------------------------------------
 
 

@@ -185,7 +185,8 @@ def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero
     assert router.puts, "the controller never sent a routing plan"
     for at, put in router.puts:
         decided = plans[at]
-        assert decided is not None and put.model_copy(update={"starting": {}}) == decided.model_copy(
+        assert put.slo is not None and (put.slo.ttft_s, put.slo.e2e_s) == (policy.slo.ttft_p95_s, policy.slo.e2e_p95_s)
+        assert decided is not None and put.model_copy(update={"starting": {}, "slo": None}) == decided.model_copy(
             update={"starting": {}})
     assert all(a != b for (_, a), (_, b) in zip(router.puts, router.puts[1:], strict=False))
     logged = {d["at_s"]: d["routing"] for d in decisions}

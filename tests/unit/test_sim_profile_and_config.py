@@ -35,7 +35,18 @@ def test_profiles_interpolate_between_points_and_extrapolate_the_last_segment() 
     assert p.ttft_overhead_s(0) == 0.01
     curve = ServiceCurve.of(p, limit=8)
     assert curve.limit == 8 and curve.tpot_s[5] == pytest.approx(0.020)
-    assert curve.prefill_s_per_token == pytest.approx(0.001)
+    assert curve.prefill_s_per_token[1] == curve.prefill_s_per_token[8] == pytest.approx(0.001)
+
+
+def test_a_points_own_prefill_rate_overrides_the_profiles_and_interpolates() -> None:
+    p = ReplicaProfile.model_validate({
+        "name": "t", "source": "t", "max_concurrency": 8, "prefill_tokens_per_s": 1000,
+        "points": [{"concurrency": 1, "ttft_overhead_s": 0.0, "tpot_s": 0.01, "prefill_tokens_per_s": 4000},
+                   {"concurrency": 3, "ttft_overhead_s": 0.0, "tpot_s": 0.01}]})
+    assert p.ttft_s(400, 1) == pytest.approx(0.1)  # alone: its own 4,000 tokens/s
+    assert p.ttft_s(400, 3) == pytest.approx(0.4)  # the profile's 1,000
+    assert p.prefill_s_per_token(2) == pytest.approx((0.00025 + 0.001) / 2)
+    assert ServiceCurve.of(p, limit=4).prefill_s_per_token[1] == pytest.approx(0.00025)
 
 
 def test_every_shipped_profile_loads_and_says_where_its_numbers_come_from() -> None:
@@ -81,6 +92,21 @@ def test_fitting_recovers_the_prefill_rate_and_per_concurrency_overheads() -> No
     assert [pt.ttft_overhead_s for pt in p.points] == pytest.approx([0.02, 0.05, 0.09], abs=0.005)
     assert [pt.tpot_s for pt in p.points] == pytest.approx([0.010, 0.013, 0.017], rel=0.03)
     assert p.max_concurrency == 8
+
+
+def test_a_concurrency_that_prefills_much_faster_gets_its_own_rate() -> None:
+    # A batching engine: alone it prefills at 20,000 tokens/s, into a busy batch at 5,000.
+    fast_alone = [Sample(1, s.prompt_tokens, s.ttft_s - s.prompt_tokens / 5000 + s.prompt_tokens / 20000, s.tpot_s,
+                         s.e2e_s, s.output_tokens) if s.concurrency == 1 else s for s in known_samples([64, 512])]
+    fit = fit_profile(fast_alone, name="waves", source="test")
+    own = {pt.concurrency: pt.prefill_tokens_per_s for pt in fit.profile.points}
+    assert own[1] == pytest.approx(20000, rel=0.1) and own[4] is None and own[8] is None
+    assert fit.profile.prefill_tokens_per_s == pytest.approx(5000, rel=0.2)
+    assert fit.quality is not None and fit.quality.worst_ttft_error < 0.1
+    assert any("concurrency 1: its own prefill rate" in n for n in fit.notes)
+    # Rates within 1.5x of the shared one are the shared one (no per-point noise).
+    assert all(pt.prefill_tokens_per_s is None for pt in fit_profile(known_samples([64, 512]), name="k",
+                                                                      source="t").profile.points)
 
 
 def test_the_fit_reports_its_quality_against_its_own_runs() -> None:

@@ -382,7 +382,7 @@ def _flat_profile(pc: PoolPolicy, k: CostAwareKnobs) -> ReplicaProfile:
 def _longest_prompt(profile: ReplicaProfile, cap: Capacity, ttft_s: float) -> int:
     """Longest prompt whose predicted TTFT at the pool's SLO-safe concurrency stays within ``ttft_s``."""
     room_s = ttft_s / cap.ttft_scale - profile.ttft_overhead_s(cap.concurrency)
-    return max(0, int(room_s * profile.prefill_tokens_per_s))
+    return max(0, int(room_s / profile.prefill_s_per_token(cap.concurrency)))
 
 
 def _fits(pc: PoolPolicy, prompt: int, output: int) -> bool:
