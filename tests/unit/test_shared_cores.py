@@ -54,11 +54,17 @@ def test_the_sim_config_refuses_unknown_pools_and_a_pool_on_two_machines():
 def test_the_local_backend_machine_is_this_process_cpus_or_the_given_cores():
     config = AppConfig.model_validate({"pools": {
         "cloud": {"engine": "vllm"}, "edge": {"engine": "transformers", "num_threads": 1}}})
-    m = local_machine(config, cores=4)
-    assert (m.cores, dict(m.busy_cores), dict(m.startup_cores)) == (4.0, {"cloud": 4.0, "edge": 1.0},
-                                                                      {"cloud": 1.0, "edge": 1.0})
     import os
-    assert local_machine(config).cores == len(os.sched_getaffinity(0))
+
+    cpus = float(len(os.sched_getaffinity(0)))
+    m = local_machine(config, cores=0.5)  # a budget below the CPUs: a replica's threads cannot use more
+    assert (m.cores, dict(m.busy_cores), dict(m.startup_cores)) == (0.5, {"cloud": 0.5, "edge": 0.5},
+                                                                      {"cloud": 0.5, "edge": 0.5})
+    # A budget above them (`--cores 16` on this VM): a replica still runs as many threads as it sees CPUs, so
+    # 16 cores hold 16 / cpus busy vLLM replicas, not one.
+    m = local_machine(config, cores=16)
+    assert (m.cores, dict(m.busy_cores)) == (16.0, {"cloud": cpus, "edge": 1.0})
+    assert local_machine(config).cores == cpus
 
 
 # --- the simulator ---------------------------------------------------------------------------------------------
