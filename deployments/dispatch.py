@@ -72,12 +72,11 @@ class Dispatcher:
     """Owns the pools' replicas and in-flight counts as this router replica sees them."""
 
     def __init__(self, config: AppConfig, send: Send, clock: Callable[[], float] | None = None,
-                 on_change: Callable[[str, int], None] = lambda pool, in_flight: None,
                  on_retry: Callable[[str], None] = lambda failed_pool: None, failure_backoff_s: float = 5.0):
         self.config = config
         self.send = send
         self.clock = clock or (lambda: asyncio.get_running_loop().time())
-        self.on_change, self.on_retry = on_change, on_retry
+        self.on_retry = on_retry
         self.failure_backoff_s = failure_backoff_s
         self.pools = {name: PoolState() for name in config.pools}
         self.plan: RoutingPlan | None = None
@@ -172,7 +171,6 @@ class Dispatcher:
         replica.in_flight -= 1
         if replica.failed_until == math.inf and replica.in_flight == 0:
             p.replicas.pop(replica.replica_id, None)  # a draining replica that finished its last request
-        self.on_change(pool, p.in_flight)
         self._wake()
 
     def _acquire(self, pool: str, replica: Replica) -> None:
@@ -180,7 +178,6 @@ class Dispatcher:
         p.in_flight += 1
         replica.in_flight += 1
         p.last_routed = self.clock()
-        self.on_change(pool, p.in_flight)
 
     def _fail(self, pool: str, replica: Replica, e: Exception, attempt: int) -> None:
         self.release(pool, replica)

@@ -152,7 +152,6 @@ class Router:
                                       limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512))
         self.dispatch = Dispatcher(
             self.config, send=self._send, clock=self.clock,
-            on_change=lambda pool, n: self.metrics.in_flight.labels(pool).set(n),
             on_retry=lambda pool: self.metrics.retries.labels(pool).inc(),
         )
         self.dispatch.set_features({n: engine_features(c.engine, c.engine_args) for n, c in self.config.pools.items()})
@@ -171,7 +170,6 @@ class Router:
             for pool, replicas in self.replicas.items():
                 try:
                     self.dispatch.set_replicas(pool, replicas.endpoints())
-                    self.metrics.ready.labels(pool).set(len(self.dispatch.ready(pool)))
                 except Exception:  # Serve's view may be rebuilding: keep the last known replicas
                     log.warning("could not read the running replicas of %s", pool, exc_info=True)
             await asyncio.sleep(every_s)

@@ -7,6 +7,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class ElasticRuntime:
     controller: Controller
     stop_event: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
-    metrics_server: Any = None
+    stop_metrics: Callable[[], None] | None = None
 
     def start_controller(self, policy_path: Path | None, reload_every_s: float = 2.0) -> None:
         self.threads.append(threading.Thread(target=self.controller.run, args=(self.stop_event,),
@@ -68,9 +69,7 @@ class ElasticRuntime:
 
     def serve_metrics(self, host: str, port: int) -> None:
         """The controller's gauges (elo_controller_*) on http://host:port/metrics."""
-        from prometheus_client import start_http_server
-
-        self.metrics_server = start_http_server(port, addr=host, registry=self.controller.gauges.registry)
+        self.stop_metrics = self.controller.gauges.serve(port, host)
 
     def _watch_policy(self, path: Path, every_s: float) -> None:
         """Hot reload: a changed file that validates replaces the policy; a bad one is rejected, the last good
@@ -81,9 +80,8 @@ class ElasticRuntime:
         self.stop_event.set()
         for t in self.threads:
             t.join(timeout=10)
-        if self.metrics_server is not None:
-            self.metrics_server[0].shutdown()
-            self.metrics_server[0].server_close()
+        if self.stop_metrics is not None:
+            self.stop_metrics()
         self.scaler.close()
 
 

@@ -210,13 +210,11 @@ def controller_command(
 def run_until_signalled(controller: Controller, policy_path: Path | None, groups: Mapping[str, str],
                         metrics_port: int) -> None:
     """Serve the gauges, watch the policy file, tick until SIGTERM or SIGINT (then finish the tick and return)."""
-    from prometheus_client import start_http_server
-
     from orchestrator.control.policy_reload import watch_policy_file
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    metrics_server = start_http_server(metrics_port, registry=controller.gauges.registry) if metrics_port else None
+    stop_metrics = controller.gauges.serve(metrics_port) if metrics_port else None
     if policy_path is not None:
         threading.Thread(target=watch_policy_file, args=(policy_path, reloader(controller, groups), stop),
                          name="elo-policy-reload", daemon=True).start()
@@ -232,9 +230,8 @@ def run_until_signalled(controller: Controller, policy_path: Path | None, groups
         stop.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if metrics_server is not None:
-            metrics_server[0].shutdown()
-            metrics_server[0].server_close()
+        if stop_metrics is not None:
+            stop_metrics()
         close = getattr(controller.scaler, "close", None)
         if close is not None:
             close()

@@ -71,6 +71,18 @@ class ControllerGauges:
         for step in ("observe", "tick"):  # every step's series exists from the start (rate() and alerts see 0)
             self.errors.labels(step)
 
+    def serve(self, port: int, host: str = "") -> Callable[[], None]:
+        """Serve the gauges on http://host:port/metrics (a thread); returns what stops the server."""
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(port, addr=host or "0.0.0.0", registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        return stop
+
 
 class Controller:
     """Runs the configured policy (wrapped in guardrails) against real or fake adapters."""
@@ -174,10 +186,9 @@ class Controller:
             resize = lambda p=pool, n=target.nodes: self.backend.resize(p, n)  # noqa: E731
             scale = lambda p=pool, n=target.replicas: self.scaler.set_replicas(p, n)  # noqa: E731
             steps = [("resize " + pool, resize), ("scale " + pool, scale)]
-            for step, fn in steps if growing else reversed(steps):
-                if attempt(step, fn) and step.startswith("scale") and seen is not None \
-                        and target.replicas != seen.replicas:
-                    self.gauges.scaling_actions.labels(pool, "up" if target.replicas > seen.replicas else "down").inc()
+            done = {step: attempt(step, fn) for step, fn in (steps if growing else reversed(steps))}
+            if done["scale " + pool] and seen is not None and target.replicas != seen.replicas:
+                self.gauges.scaling_actions.labels(pool, "up" if target.replicas > seen.replicas else "down").inc()
         routing = _with_starting(plan, snapshot, self.policy_file.slo)
         # Pushed when it changes, and again when the router does not have it (it restarted, or lost it).
         if routing is not None and (routing != self._pushed_routing or snapshot.routing != routing):
