@@ -99,11 +99,31 @@ def test_burst_scales_up_only_after_the_upscale_delay():
 
 
 def test_a_burst_shorter_than_the_upscale_delay_changes_nothing():
-    policy, world = build_policy(config(guardrails={"upscale_delay_s": 15})), World()
+    # Without the peak hold (below): the burst is gone before the delay has passed.
+    policy, world = build_policy(config(guardrails={"upscale_delay_s": 15}, policy={"knobs": {"peak_hold_s": 0}})), World()
     _, state, now = run(policy, world, 2, **BURST)
     plans, _, _ = run(policy, world, 5, start_s=now, state=state, **LIGHT)
     assert world.replicas == {"cloud": 0, "edge": 1}
     assert all(p.is_hold(world.snapshot(0)) for p in plans)
+
+
+def test_the_cheapest_pool_keeps_its_peak_for_peak_hold_s_and_the_burst_pool_does_not():
+    cfg = config(guardrails={"upscale_delay_s": 0, "downscale_delay_s": 0, "cooldown_s": 0},
+                 policy={"knobs": {"peak_hold_s": 120, "cloud_idle_to_zero_s": 0}})
+    policy, world = build_policy(cfg), World()
+    heavy = {"edge": {"arrival_rate_rps": 30.0, "running_requests": 16, "queued_requests": 10}}
+    _, state, now = run(policy, world, 12, **heavy)  # a minute: the smoothed level climbs towards 30 rps
+    peak = dict(world.replicas)
+    assert peak["edge"] == 3 and peak["cloud"] >= 1, peak
+    plans, _, _ = run(policy, world, 40, start_s=now, state=state, **LIGHT)  # 200 s of light load
+    edge = [p.targets["edge"].replicas for p in plans]
+    cloud = [p.targets["cloud"].replicas for p in plans]
+    # Cloud (the burst pool) follows the forecast at once; edge keeps the peak's replicas for at least 120 s (the
+    # level recorded in the first light ticks still decays from the burst), then follows the forecast too.
+    assert cloud[0] == 0, cloud
+    assert edge[:24] == [3] * 24, edge
+    assert edge[-1] == 1, edge
+    assert "its 120s peak; forecast 0." in plans[0].reason
 
 
 def test_idle_scales_cloud_to_zero_after_its_idle_period_and_keeps_edge_at_min():

@@ -10,6 +10,7 @@ import yaml
 
 from orchestrator.bench.report import build_report, write_report
 from orchestrator.bench.stats import RequestRecord, summarize
+from orchestrator.control.config import PolicyFile
 from orchestrator.sim._yaml import SimConfigError
 from orchestrator.sim.model import DEFAULT_SIM_CONFIG_PATH, LogNormalDelay, UniformDelay, load_sim_config
 from orchestrator.sim.profile import (
@@ -172,6 +173,29 @@ def test_the_default_sim_config_loads_with_its_profiles() -> None:
     assert set(sim.pools) == {"cloud", "edge"}
     assert not any(p.profile.placeholder for p in sim.pools.values())  # the demo profiles are measured
     sim.check_matches(policy_file())  # same pools as the shipped policy's
+
+
+def test_the_production_scenario_loads_matches_its_policy_and_flags_its_modelled_edge_profile() -> None:
+    from orchestrator.control.capacity import RequestMix, capacity_at_slo
+    from orchestrator.control.policy_loader import load_policy_file
+
+    here = DEFAULT_SIM_CONFIG_PATH.parent
+    sim = load_sim_config(here / "production_sim.yaml")
+    pf = load_policy_file(here / "production_policy.yaml")
+    sim.check_matches(pf)
+    assert sim.machines == {} and sim.pools["edge"].max_nodes == 4 == pf.pools["edge"].max_replicas
+    assert sim.pools["cloud"].node_startup_s.quantile(0.5) >= 120  # GPU nodes take minutes
+    assert not sim.pools["cloud"].profile.placeholder and sim.pools["edge"].profile.placeholder
+    assert pf.pools["cloud"].profile == sim.pools["cloud"].profile and pf.pools["edge"].profile == sim.pools["edge"].profile
+    assert pf.policy == PolicyFile.default().policy and pf.guardrails == PolicyFile.default().guardrails  # shipped
+    for path in (here / "production_sim.yaml", here / "production_policy.yaml"):
+        assert "ASSUMPTION" in path.read_text() and "https://" in path.read_text() + sim.pools["cloud"].profile.source
+    # At these prices an H100 serves a short chat turn within the SLO for less per request/s than a CPU node.
+    mix = RequestMix((256, 512, 1024), (64, 128, 256))
+    per_rps = {n: pf.pools[n].cost_per_hour_usd / capacity_at_slo(
+        sim.pools[n].profile, mix, ttft_slo_s=pf.slo.ttft_p95_s, e2e_slo_s=pf.slo.e2e_p95_s,
+        max_concurrency=sim.pools[n].max_ongoing_requests).rps for n in ("cloud", "edge")}
+    assert per_rps["cloud"] < per_rps["edge"], per_rps
 
 
 def test_a_bad_sim_config_names_the_file_line_and_field(tmp_path: Path) -> None:

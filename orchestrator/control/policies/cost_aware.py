@@ -65,6 +65,12 @@ class CostAwareKnobs(StrictModel):
     prior_weight: float = Field(
         20.0, ge=0, description="Requests the profile prior counts as against the router's observations.",
     )
+    peak_hold_s: float = Field(
+        600.0, ge=0,
+        description="The cheapest pool is sized for at least the peak of the smoothed arrival rate over this many "
+        "seconds past: bursts come back faster than its replicas start, and its idle replicas cost least. Burst "
+        "pools size for the forecast and keep one replica warm (cloud_idle_to_zero_s). 0: the forecast alone.",
+    )
     shared_min_gain: float = Field(
         0.1, ge=0,
         description="On cores several pools share (the embedded default's local nodes), a replica more must add at "
@@ -81,17 +87,24 @@ class _Memory:
     trend_rps_per_s: float = 0.0
     corrections: dict[str, list[float]] = field(default_factory=dict)  # pool -> [log ttft sum, log tpot sum, weight]
     idle_since_s: dict[str, float] = field(default_factory=dict)  # burst pools: first tick they were not needed
+    demand_history: list[list[float]] = field(default_factory=list)  # [at_s, smoothed rps less noise], oldest first
 
     @classmethod
     def load(cls, memory: Mapping[str, Any]) -> _Memory:
         return cls(memory.get("last_at_s"), float(memory.get("level_rps", 0.0)),
                    float(memory.get("trend_rps_per_s", 0.0)),
                    {p: list(v) for p, v in (memory.get("corrections") or {}).items()},
-                   dict(memory.get("idle_since_s") or {}))
+                   dict(memory.get("idle_since_s") or {}),
+                   [list(x) for x in memory.get("demand_history") or []])
 
     def dump(self) -> dict[str, Any]:
         return {"last_at_s": self.last_at_s, "level_rps": self.level_rps, "trend_rps_per_s": self.trend_rps_per_s,
-                "corrections": self.corrections, "idle_since_s": self.idle_since_s}
+                "corrections": self.corrections, "idle_since_s": self.idle_since_s,
+                "demand_history": self.demand_history}
+
+    def peak_rps(self, since_s: float) -> float:
+        """The highest smoothed arrival rate of the ticks at or after ``since_s``."""
+        return max((d for t, d in self.demand_history if t >= since_s), default=0.0)
 
     def correction(self, pool: str) -> Correction:
         c = self.corrections.get(pool)
@@ -156,16 +169,24 @@ class CostAware:
 
         figures = self._figures(pools, snapshot.mix, mem)
         order = sorted(figures, key=lambda n: (figures[n].unit_cost, n))
+        holds = {n: (k.peak_hold_s if rank == 0 else 0.0) for rank, n in enumerate(order)}
+        mem.demand_history = [x for x in mem.demand_history if x[0] > now - k.peak_hold_s]
+        # The smoothed level less the Poisson noise of a window's count: noise does not make a peak, a burst does.
+        mem.demand_history.append([now, max(0.0, mem.level_rps - noise)])
         targets: dict[str, PoolTarget] = {}
         notes: list[str] = []
         details: dict[str, Any] = {}
         for rank, name in enumerate(order):
             p, pc, f = pools[name], self.config.pools[name], figures[name]
-            need_rps = forecast(f.horizon_s)
+            ahead_rps = forecast(f.horizon_s)
+            peak_rps = mem.peak_rps(now - holds[name]) if holds[name] > 0 else 0.0
+            need_rps = max(ahead_rps, peak_rps)
             sizes = self._cascade(order, figures, pools, need_rps, f.horizon_s)
             want, offered_rps, overflow_rps = sizes[name]
             needed = want
-            note = (f"{name}: {f.capacity.describe()}; takes {offered_rps:.2f} of {need_rps:.2f} rps by "
+            held = (f" (its {holds[name]:.0f}s peak; forecast {ahead_rps:.2f})"
+                    if peak_rps > ahead_rps + 0.005 else "")
+            note = (f"{name}: {f.capacity.describe()}; takes {offered_rps:.2f} of {need_rps:.2f} rps{held} by "
                     f"+{f.horizon_s:.0f}s -> {want} replica{'s' if want != 1 else ''}"
                     + (f", passes on {overflow_rps:.2f} rps" if overflow_rps > 0.005 else ""))
             if f.slo_max_prompt_tokens is not None:
@@ -192,7 +213,9 @@ class CostAware:
             targets[name] = PoolTarget.for_replicas(want, pc.replicas_per_node)
             notes.append(note)
             details[name] = {"capacity": _capacity_fields(f.capacity), "horizon_s": round(f.horizon_s, 1),
-                             "demand_rps": round(need_rps, 3), "offered_rps": round(offered_rps, 3),
+                             "demand_rps": round(need_rps, 3), "forecast_rps": round(ahead_rps, 3),
+                             "peak_rps": round(peak_rps, 3), "peak_hold_s": round(holds[name], 1),
+                             "offered_rps": round(offered_rps, 3),
                              "overflow_rps": round(overflow_rps, 3), "slo_max_prompt_tokens": f.slo_max_prompt_tokens,
                              "needed_replicas": needed, "replicas": want,
                              "unit_cost_usd_per_rps_hour": _finite(f.unit_cost)}
