@@ -32,7 +32,7 @@ CONFIGS = {
     "production": (ROOT / "orchestrator/sim/production_sim.yaml", ROOT / "orchestrator/sim/production_policy.yaml"),
 }
 # Peak request rates the synthetic traces reach, per config: what its pools carry near their caps.
-PEAK_RPS = {"demo (2 cores)": 6.0, "production": 60.0}
+PEAK_RPS = {"demo (2 cores)": 3.0, "production": 8.0}
 
 
 def _sizes(rng: random.Random) -> tuple[int, int]:
@@ -76,7 +76,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--target", type=float, default=0.99, help="SLO attainment the bound must reach in replay")
-    ap.add_argument("--only", default="code,diurnal,bursty", help="traces to run (comma-separated)")
+    ap.add_argument("--only", default="code,code-x0.25,diurnal,bursty", help="traces to run (comma-separated)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="configs to run (comma-separated)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -86,13 +86,16 @@ def main() -> int:
         sim = load_sim_config(sim_path)
         pf = load_policy_file(policy_path) if policy_path else PolicyFile.default()
         traces = {"code": lambda: load_trace(CODE_TRACE), "diurnal": lambda c=cname: diurnal(PEAK_RPS[c]),
-                  "bursty": lambda c=cname: bursty(PEAK_RPS[c])}
+                  "bursty": lambda c=cname: bursty(PEAK_RPS[c]),
+                  # The code trace at a quarter of its rate (seeded thinning): what 2 shared cores carry.
+                  "code-x0.25": lambda: load_trace(CODE_TRACE)}
         for tname in args.only.split(","):
-            if tname == "code" and not CODE_TRACE.exists():
+            if tname.startswith("code") and not CODE_TRACE.exists():
                 print(f"skipped: {CODE_TRACE} is not here")
                 continue
             rows = traces[tname]()
-            workload = prepare_workload(rows, seed=sim.seed, max_prompt_tokens=sim.workload.max_prompt_tokens,
+            workload = prepare_workload(rows, seed=sim.seed, rate_scale=0.25 if tname == "code-x0.25" else 1.0,
+                                        max_prompt_tokens=sim.workload.max_prompt_tokens,
                                         max_output_tokens=sim.workload.max_output_tokens)
             started = time.monotonic()
             specs = comparison(workload, pf, sim, attainment=args.target, seed=sim.seed)

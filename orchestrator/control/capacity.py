@@ -153,22 +153,30 @@ DEFAULT_MIX = RequestMix((256,), (64,))  # before any request was seen: a short 
 class Correction:
     """What the router's observations say about a pool's profile: observed / predicted TTFT and TPOT.
 
-    ``weight`` is the (decayed) number of requests behind the factors; ``prior_weight`` pseudo-requests at 1.0
-    stand for the calibrated profile, so ``factor = exp(sum of log ratios / (weight + prior_weight))``.
+    ``weight`` is the (decayed) number of requests behind the TPOT factor, ``ttft_weight`` the number behind the
+    TTFT one; ``prior_weight`` pseudo-requests at 1.0 stand for the calibrated profile, so ``factor = exp(sum of log
+    ratios / (weight + prior_weight))``.
+
+    TTFT is learned only from requests admitted to an otherwise idle replica (concurrency 1). One that joins a busy
+    replica may wait behind other prompts' prefill: a queue a burst builds and the profile does not model, which
+    replicas started after the burst would not shorten. Learned from those, a burst would read as a slower profile,
+    size the pool up for minutes after it, then down again.
     """
 
     log_ttft_sum: float = 0.0
     log_tpot_sum: float = 0.0
     weight: float = 0.0
+    ttft_weight: float = 0.0
 
     def ttft_scale(self, prior_weight: float) -> float:
-        return math.exp(self.log_ttft_sum / (self.weight + prior_weight)) if self.weight > 0 else 1.0
+        return math.exp(self.log_ttft_sum / (self.ttft_weight + prior_weight)) if self.ttft_weight > 0 else 1.0
 
     def tpot_scale(self, prior_weight: float) -> float:
         return math.exp(self.log_tpot_sum / (self.weight + prior_weight)) if self.weight > 0 else 1.0
 
     def decayed(self, factor: float) -> Correction:
-        return Correction(self.log_ttft_sum * factor, self.log_tpot_sum * factor, self.weight * factor)
+        return Correction(self.log_ttft_sum * factor, self.log_tpot_sum * factor, self.weight * factor,
+                          self.ttft_weight * factor)
 
     def observe(self, profile: ReplicaProfile, concurrency: int, requests: float, ttft_mean_s: float | None,
                 tpot_mean_s: float | None, prompt_mean: float) -> Correction:
@@ -176,10 +184,11 @@ class Correction:
         if requests <= 0:
             return self
         out = self
-        if ttft_mean_s is not None and ttft_mean_s > 0:
+        if ttft_mean_s is not None and ttft_mean_s > 0 and concurrency == 1:
             predicted = profile.ttft_s(prompt_mean, concurrency)
             if predicted > 0:
-                out = replace(out, log_ttft_sum=out.log_ttft_sum + requests * math.log(ttft_mean_s / predicted))
+                out = replace(out, log_ttft_sum=out.log_ttft_sum + requests * math.log(ttft_mean_s / predicted),
+                              ttft_weight=out.ttft_weight + requests)
         if tpot_mean_s is not None and tpot_mean_s > 0:
             out = replace(out, log_tpot_sum=out.log_tpot_sum
                           + requests * math.log(tpot_mean_s / profile.tpot_s(concurrency)))

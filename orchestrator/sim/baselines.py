@@ -40,6 +40,7 @@ from deployments.config import Eligibility
 from deployments.contract import PoolAdmission, RoutingPlan
 from orchestrator.control.capacity import RequestMix, capacity_at_slo
 from orchestrator.control.config import PolicyFile
+from orchestrator.control.machine import SharedCores
 from orchestrator.control.plan import PoolTarget, ScalePlan
 from orchestrator.control.policies import PolicyState, apply_guardrails, build_policy
 from orchestrator.control.snapshot import ClusterSnapshot
@@ -379,10 +380,33 @@ def _fluid_need(workload: Workload, sim: SimConfig, tc: TraceCapacity, bucket_s:
         need[name] = np.minimum(want, tc.cap[name])
         frac = np.where(demand > 0, np.minimum(1.0, need[name] / np.where(demand > 0, demand, 1.0)), 1.0)
         share = share - w * frac[bucket]
+    trimmed = _trim_shared(need, sim.shared(), tc)
+    if trimmed:
+        notes.append(f"on shared cores, {trimmed} replica-buckets left out that would only slow the others down")
     left = float(share[tc.feasible].sum())
     if left > 0.5:
         notes.append(f"about {left:.0f} requests exceed every pool's cap in the fluid model")
     return need, notes
+
+
+def _trim_shared(need: dict[str, np.ndarray], machines: Sequence[SharedCores], tc: TraceCapacity) -> int:
+    """Per bucket, drop replicas of pools on a shared machine while one less serves as much there (beyond the
+    cores, a replica more only slows the others down), dearest pool first. Returns how many were dropped."""
+    dropped = 0
+    for machine in machines:
+        here = [n for n in reversed(tc.order) if n in machine.pools and n in need]
+        for b in range(len(next(iter(need.values()))) if need else 0):
+            counts = {n: int(need[n][b]) for n in here}
+            for name in here:
+                while counts[name] > 1:
+                    fewer = {**counts, name: counts[name] - 1}
+                    if machine.capacity_rps(fewer, tc.rps) < machine.capacity_rps(counts, tc.rps) - 1e-9:
+                        break
+                    counts = fewer
+                    dropped += 1
+            for name in here:
+                need[name][b] = counts[name]
+    return dropped
 
 
 def _intervals(need: np.ndarray, bucket_s: float, lead_s: float) -> list[tuple[float, float]]:
@@ -465,6 +489,7 @@ def plan_oracle(workload: Workload, policy_file: PolicyFile, sim: SimConfig, *, 
     allowed = math.floor((1.0 - attainment) * n_req + 1e-9) - int(n_req - tc.feasible.sum())
     raised = np.zeros(nb, int)
     usable = tc.usable()
+    machines = sim.shared()
     best: OraclePlan | None = None
     stop = "the replay budget ran out"
     for replay in range(1, max(1, max_replays) + 1):
@@ -487,9 +512,9 @@ def plan_oracle(workload: Workload, policy_file: PolicyFile, sim: SimConfig, *, 
             if covered >= excess or per_bucket[b] == 0:
                 break
             missed = misses & (bucket == b)
-            up = _raise(need, tc, usable, int(b), missed)
+            up = _raise(need, tc, usable, int(b), missed, machines)
             if raised[b] >= 2 and b > 0:
-                up = _raise(need, tc, usable, int(b) - 1, missed) or up
+                up = _raise(need, tc, usable, int(b) - 1, missed, machines) or up
             if up:
                 raised[b] += 1
                 covered += int(per_bucket[b])
@@ -509,10 +534,16 @@ def plan_oracle(workload: Workload, policy_file: PolicyFile, sim: SimConfig, *, 
 
 
 def _raise(need: dict[str, np.ndarray], tc: TraceCapacity, usable: Sequence[str], b: int,
-           missed: np.ndarray) -> bool:
-    """One more replica in bucket ``b`` of the cheapest pool below its cap that may take a missed request."""
+           missed: np.ndarray, machines: Sequence[SharedCores] = ()) -> bool:
+    """One more replica in bucket ``b`` of the cheapest pool below its cap that may take a missed request and, on
+    cores several pools share, adds capacity there (beyond the cores it only slows the others down)."""
     for name in usable:
         if need[name][b] < tc.cap[name] and (tc.eligible[name] & missed).any():
+            machine = next((m for m in machines if name in m.pools), None)
+            if machine is not None:
+                now = {p: int(need[p][b]) for p in machine.pools if p in need}
+                if machine.capacity_rps({**now, name: now[name] + 1}, tc.rps) <= machine.capacity_rps(now, tc.rps) + 1e-9:
+                    continue
             need[name][b] += 1
             return True
     return False
@@ -658,7 +689,15 @@ def comparison(workload: Workload, policy_file: PolicyFile, sim: SimConfig, *, l
     upper = ({n: max(1, c) for n, c in peak.items()} if plan.meets_target
              else {n: pool_cap(policy_file, sim, n) for n in sim.pools})
     mix = best_static_mix(workload, policy_file, sim, plan.routing, attainment=attainment, upper=upper, seed=seed)
-    if mix.meets_target and mix.replay_cost_usd is not None and (
+    # Neither reaching the target (the pools cannot carry the trace): the bound is the one that comes closest.
+    closer = (not plan.meets_target and not mix.meets_target and mix.attainment is not None
+              and mix.replay_cost_usd is not None and mix.attainment > (plan.attainment or 0.0) + 1e-12)
+    if closer:
+        oracle_spec = static_run("oracle", mix.replicas, policy_file, sim, plan.routing, (
+            f"clairvoyant bound: nothing reaches {attainment:.0%}; the best static mix ({_describe(mix.replicas)}) "
+            f"comes closest, {mix.attainment:.2%} for ${mix.replay_cost_usd:,.3f} in replay (the searched schedule: "
+            f"{plan.attainment or 0.0:.2%})", *plan.notes))
+    elif mix.meets_target and mix.replay_cost_usd is not None and (
             not plan.meets_target or plan.replay_cost_usd is None or mix.replay_cost_usd < plan.replay_cost_usd):
         searched = (f"${plan.replay_cost_usd:,.3f}" if plan.replay_cost_usd is not None else "-") + (
             "" if plan.meets_target else ", missing the target")

@@ -65,11 +65,21 @@ class CostAwareKnobs(StrictModel):
     prior_weight: float = Field(
         20.0, ge=0, description="Requests the profile prior counts as against the router's observations.",
     )
+    trend_damping_s: float = Field(
+        60.0, gt=0,
+        description="A rising trend is projected over a pool's startup horizon h damped: trend x d x (1 - exp(-h / "
+        "d)), d this many seconds, so a trend seen for seconds does not add its slope x minutes of demand.",
+    )
     peak_hold_s: float = Field(
         600.0, ge=0,
-        description="The cheapest pool is sized for at least the peak of the smoothed arrival rate over this many "
-        "seconds past: bursts come back faster than its replicas start, and its idle replicas cost least. Burst "
-        "pools size for the forecast and keep one replica warm (cloud_idle_to_zero_s). 0: the forecast alone.",
+        description="The cheapest pool keeps headroom for the peak of the smoothed arrival rate over this many "
+        "seconds past (bursts come back faster than replicas start), as many replicas as peak_hold_usd_per_hour "
+        "pays for. Burst pools size for the forecast and keep one replica warm (cloud_idle_to_zero_s). 0: none.",
+    )
+    peak_hold_usd_per_hour: float = Field(
+        1.0, ge=0,
+        description="What the peak's headroom may cost, $/h: on the embedded default it holds the whole CPU edge "
+        "pool ($0.10/h a replica); a GPU replica costing more than it is not held for a peak.",
     )
     shared_min_gain: float = Field(
         0.1, ge=0,
@@ -85,9 +95,11 @@ class _Memory:
     last_at_s: float | None = None
     level_rps: float = 0.0  # smoothed total arrival rate
     trend_rps_per_s: float = 0.0
-    corrections: dict[str, list[float]] = field(default_factory=dict)  # pool -> [log ttft sum, log tpot sum, weight]
+    corrections: dict[str, list[float]] = field(default_factory=dict)  # pool -> Correction's four fields
     idle_since_s: dict[str, float] = field(default_factory=dict)  # burst pools: first tick they were not needed
     demand_history: list[list[float]] = field(default_factory=list)  # [at_s, smoothed rps less noise], oldest first
+    needed_history: dict[str, list[list[float]]] = field(default_factory=dict)  # pool -> [at_s, replicas needed]
+    needed_pools: list[str] = field(default_factory=list)  # burst pools needed at some tick (kept warm after)
 
     @classmethod
     def load(cls, memory: Mapping[str, Any]) -> _Memory:
@@ -95,12 +107,15 @@ class _Memory:
                    float(memory.get("trend_rps_per_s", 0.0)),
                    {p: list(v) for p, v in (memory.get("corrections") or {}).items()},
                    dict(memory.get("idle_since_s") or {}),
-                   [list(x) for x in memory.get("demand_history") or []])
+                   [list(x) for x in memory.get("demand_history") or []],
+                   {p: [list(x) for x in v] for p, v in (memory.get("needed_history") or {}).items()},
+                   list(memory.get("needed_pools") or []))
 
     def dump(self) -> dict[str, Any]:
         return {"last_at_s": self.last_at_s, "level_rps": self.level_rps, "trend_rps_per_s": self.trend_rps_per_s,
                 "corrections": self.corrections, "idle_since_s": self.idle_since_s,
-                "demand_history": self.demand_history}
+                "demand_history": self.demand_history, "needed_history": self.needed_history,
+                "needed_pools": self.needed_pools}
 
     def peak_rps(self, since_s: float) -> float:
         """The highest smoothed arrival rate of the ticks at or after ``since_s``."""
@@ -108,6 +123,8 @@ class _Memory:
 
     def correction(self, pool: str) -> Correction:
         c = self.corrections.get(pool)
+        if c and len(c) == 3:  # state saved before TTFT had its own weight
+            c = [*c, c[2]]
         return Correction(*c) if c else Correction()
 
 
@@ -164,8 +181,10 @@ class CostAware:
         demand = rate + queued / k.backlog_drain_s
 
         def forecast(horizon_s: float) -> float:
-            # Only a rising trend is projected: decreases wait for the data (and the downscale delay).
-            return demand + max(0.0, mem.trend_rps_per_s) * horizon_s
+            # Only a rising trend is projected (decreases wait for the data and the downscale delay), damped: the
+            # slope of the last half-minute says little about the demand minutes ahead.
+            d = k.trend_damping_s
+            return demand + max(0.0, mem.trend_rps_per_s) * d * (1.0 - math.exp(-horizon_s / d))
 
         figures = self._figures(pools, snapshot.mix, mem)
         order = sorted(figures, key=lambda n: (figures[n].unit_cost, n))
@@ -178,17 +197,32 @@ class CostAware:
         details: dict[str, Any] = {}
         for rank, name in enumerate(order):
             p, pc, f = pools[name], self.config.pools[name], figures[name]
-            ahead_rps = forecast(f.horizon_s)
+            need_rps = ahead_rps = forecast(f.horizon_s)
             peak_rps = mem.peak_rps(now - holds[name]) if holds[name] > 0 else 0.0
-            need_rps = max(ahead_rps, peak_rps)
-            sizes = self._cascade(order, figures, pools, need_rps, f.horizon_s)
-            want, offered_rps, overflow_rps = sizes[name]
-            needed = want
-            held = (f" (its {holds[name]:.0f}s peak; forecast {ahead_rps:.2f})"
-                    if peak_rps > ahead_rps + 0.005 else "")
-            note = (f"{name}: {f.capacity.describe()}; takes {offered_rps:.2f} of {need_rps:.2f} rps{held} by "
+            want, offered_rps, overflow_rps = self._cascade(order, figures, pools, ahead_rps, f.horizon_s)[name]
+            note = (f"{name}: {f.capacity.describe()}; takes {offered_rps:.2f} of {ahead_rps:.2f} rps by "
                     f"+{f.horizon_s:.0f}s -> {want} replica{'s' if want != 1 else ''}"
                     + (f", passes on {overflow_rps:.2f} rps" if overflow_rps > 0.005 else ""))
+            if peak_rps > ahead_rps + 0.005:
+                # Headroom for the recent peak, as far as its price allows (cheap idle replicas are worth holding).
+                at_peak = self._cascade(order, figures, pools, peak_rps, f.horizon_s)[name][0]
+                afford = (math.inf if pc.cost_per_hour_usd <= 0
+                          else math.floor(k.peak_hold_usd_per_hour / pc.cost_per_hour_usd + 1e-9))
+                extra = int(min(max(0, at_peak - want), afford))
+                if extra:
+                    want += extra
+                    need_rps = peak_rps
+                    note += (f", {extra} more for its {holds[name]:.0f}s peak of {peak_rps:.2f} rps "
+                             f"(${extra * pc.cost_per_hour_usd:.2f}/h of headroom)")
+            # Ski rental: a replica let go and needed again costs its startup once more, so a pool keeps the most
+            # replicas it needed within its own startup horizon.
+            history = [x for x in mem.needed_history.get(name, []) if x[0] > now - f.horizon_s] + [[now, want]]
+            mem.needed_history[name] = history
+            recent = int(max(x[1] for x in history))
+            if recent > want:
+                want = recent
+                note += f", kept at {want}: needed within its {f.horizon_s:.0f}s startup"
+            needed = want
             if f.slo_max_prompt_tokens is not None:
                 note += f", prompts <= {f.slo_max_prompt_tokens} tokens ({f.share:.0%} of requests)"
             # Never plan a pool below the requests it is working on now (they drain once routing moves away).
@@ -359,7 +393,7 @@ class CostAware:
                 corr = corr.observe(self.profiles[name], c.concurrency, c.requests * part, c.ttft_mean_s,
                                     c.tpot_mean_s, c.prompt_tokens_mean)
             if corr.weight > 1e-6:
-                mem.corrections[name] = [corr.log_ttft_sum, corr.log_tpot_sum, corr.weight]
+                mem.corrections[name] = [corr.log_ttft_sum, corr.log_tpot_sum, corr.weight, corr.ttft_weight]
             else:
                 mem.corrections.pop(name, None)
 
@@ -379,11 +413,17 @@ class CostAware:
 
     def _keep_warm(self, mem: _Memory, name: str, p: PoolSnapshot, needed: int, want: int,
                    now: float) -> tuple[int, str]:
-        """A burst pool not needed keeps one replica for cloud_idle_to_zero_s: its cold start costs minutes."""
+        """A burst pool no longer needed keeps one replica for cloud_idle_to_zero_s: its cold start costs minutes.
+        One never needed since the controller started (its replicas are the deployment's initial ones) is not kept
+        warm: nothing says the burst it would be warm for comes."""
         idle = needed == 0 and p.queued_requests == 0
+        if not idle:
+            mem.needed_pools = sorted({*mem.needed_pools, name})
         if not idle or p.replicas == 0:
             mem.idle_since_s.pop(name, None)
             return want, ""
+        if name not in mem.needed_pools:
+            return want, ", never needed yet: not kept warm"
         since = mem.idle_since_s.setdefault(name, now)
         idle_s = now - since
         if idle_s < self.knobs.cloud_idle_to_zero_s:
