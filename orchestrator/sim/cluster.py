@@ -62,6 +62,8 @@ class SimReplica:
     node: SimNode | None = None
     running: int = 0
     prefill_free_s: float = 0.0
+    in_wave: int = 0  # waves (the edge engine): rows of the batch decoding now
+    pending: list[int] = field(default_factory=list)  # waves: admitted requests waiting for the next batch
     ready_s: float | None = None
     stop_s: float | None = None
     gone_s: float | None = None
@@ -92,6 +94,7 @@ class SimPool:
     scale_ups: int = 0
     scale_downs: int = 0
     machine: SharedCores | None = None  # the cores it shares with other pools (None: independent capacity)
+    waves: bool = False  # its engine batches in waves (transformers, `deployments.cpu_engine`), not continuously
 
     @property
     def slots(self) -> int:
@@ -121,7 +124,7 @@ class SimCluster:
             self.pools[name] = SimPool(
                 name, ps, policy.pools[name], curves[name], PoolWindow(sim.router.metrics_window_s),
                 random.Random(f"{seed}:{name}:node"), random.Random(f"{seed}:{name}:replica"),
-                machine=next((m for m in self.machines if name in m.pools), None))
+                machine=next((m for m in self.machines if name in m.pools), None), waves=ps.batches_in_waves)
         now = clock()
         for name, pool in self.pools.items():  # ready at time 0, not measured as startups
             count = (initial_replicas or {}).get(name, pool.sim.initial_replicas)

@@ -359,11 +359,17 @@ class Simulator:
         return best
 
     def _start(self, idx: int, rep: SimReplica) -> None:
-        """Admit a request on a replica: prefill FIFO, then TTFT overhead and decode at the admission concurrency."""
+        """Admit a request on a replica: prefill FIFO, then TTFT overhead and decode at the admission concurrency;
+        on an engine that batches in waves, it joins the next wave."""
         curve, now = rep.pool.curve, self.now
         rep.running += 1
         n = rep.running
         self._sent[idx], self._conc[idx] = now, n
+        if rep.pool.waves:
+            rep.pending.append(idx)
+            if rep.in_wave == 0:
+                self._wave(rep)
+            return
         # Shared cores (the embedded default): every replica serving or starting there slows this one down.
         slow = self.cluster.slowdown(rep.pool) if rep.pool.machine is not None else 1.0
         begin = rep.prefill_free_s if rep.prefill_free_s > now else now
@@ -378,6 +384,25 @@ class Simulator:
         self._schedule(first, _FIRST_TOKEN, idx, rep.pool)
         self._schedule(end, _FINISH, idx, rep)
 
+    def _wave(self, rep: SimReplica) -> None:
+        """Start a batch of every request waiting on the replica (the edge engine, `deployments.cpu_engine`): their
+        prompts are prefilled together at the engine's throughput, then one decode step per token for the whole
+        batch; a row leaves when its output is done and the steps speed up as the batch shrinks. Requests that
+        arrive meanwhile wait for the batch to end."""
+        curve, now = rep.pool.curve, self.now
+        batch, rep.pending = rep.pending, []
+        rep.in_wave = len(batch)
+        slow = self.cluster.slowdown(rep.pool) if rep.pool.machine is not None else 1.0
+        prompts = sum(self._p[i] for i in batch)
+        first = now + (prompts * curve.prefill_busy_s_per_token + curve.overhead_s[1]) * slow
+        t, done, size = first, 1, len(batch)
+        for i in sorted(batch, key=lambda i: self._o[i]):
+            out = max(1, self._o[i])
+            t += (out - done) * curve.tpot_s[min(size, curve.limit)] * slow
+            done, size = out, size - 1
+            self._schedule(first, _FIRST_TOKEN, i, rep.pool)
+            self._schedule(t, _FINISH, i, rep)
+
     def _first_token(self, idx: int, pool: SimPool) -> None:
         arrival = self._arr[idx]
         ttft = self.now - arrival
@@ -388,6 +413,10 @@ class Simulator:
     def _finish(self, idx: int, rep: SimReplica) -> None:
         pool, now = rep.pool, self.now
         rep.running -= 1
+        if pool.waves:
+            rep.in_wave -= 1
+            if rep.in_wave == 0 and rep.pending:
+                self._wave(rep)
         pool.in_flight -= 1
         self._active -= 1
         e2e = now - self._arr[idx]

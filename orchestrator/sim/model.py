@@ -89,6 +89,15 @@ class PoolSim(StrictModel):
     replica_startup_s: Delay = Field(default_factory=lambda: ConstantDelay(value=0.0),
                                      description="Replica placed on a ready node -> serving (image, weights, warm-up).")
     max_nodes: int | None = Field(None, ge=0, description="Nodes the backend can provide at most; null: no cap.")
+    batching: Literal["continuous", "waves"] | None = Field(
+        None, description="How a replica batches: 'continuous' (vLLM: a request joins the running batch at its next "
+        "step), 'waves' (the edge engine, deployments/cpu_engine.py: requests that arrive while a batch decodes "
+        "wait for it to end, then start together); null: the engine's own. In waves the profile's TTFT overhead at "
+        "concurrency 1 and its TPOT per batch size are used; the wait for the running batch is simulated.")
+
+    @property
+    def batches_in_waves(self) -> bool:
+        return (self.batching or ("waves" if self.engine == "transformers" else "continuous")) == "waves"
 
     @field_validator("profile", mode="before")
     @classmethod

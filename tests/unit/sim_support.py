@@ -33,7 +33,8 @@ def sim_config(*, cloud_startup: float | dict = 20.0, edge_startup: float | dict
                   "replica_startup_s": cloud_startup},
         "edge": {"engine": "transformers", "profile": edge_profile or profile(tpot_s=0.04, max_concurrency=4),
                  "initial_replicas": edge_initial, "max_ongoing_requests": 4, "max_queued_requests": 4,
-                 "node_startup_s": node_startup, "replica_startup_s": edge_startup},
+                 "node_startup_s": node_startup, "replica_startup_s": edge_startup,
+                 "batching": "continuous"},  # the synthetic profiles describe continuous batching
     }
     for name, changes in pool_changes.items():
         pools[name].update(changes)

@@ -151,3 +151,22 @@ def test_the_azure_code_trace_replays_under_the_default_policy() -> None:
 def test_profile_placeholders_are_reported() -> None:
     sim = sim_config(cloud_profile={**profile(), "placeholder": True})
     assert simulate(synthetic_trace(1.0, 10), policy_file(), sim).placeholder_profiles == ("cloud",)
+
+
+def test_an_engine_that_batches_in_waves_makes_an_arrival_wait_for_the_running_batch():
+    # One edge replica of the wave engine: 0.1 s overhead, 1 ms per prompt token, 0.1 s per output token at any
+    # batch size. A (t=0, 11 tokens out) runs alone; B (t=0.5) and C (t=0.6) wait for A to end at 1.2 s, then
+    # prefill together and decode as one batch; C (2 tokens) leaves first, B (4 tokens) after.
+    edge = profile(overhead_s=0.1, tpot_s=0.1, prefill=1000.0, max_concurrency=4)
+    sim = sim_config(edge_profile=edge, cloud_initial=0, router={"fill_order": ["edge", "cloud"]},
+                     edge={"batching": "waves"})
+    trace = [TraceRequest(0.0, 100, 11), TraceRequest(0.5, 100, 4), TraceRequest(0.6, 100, 2)]
+    r = simulate(trace, policy_file(), sim)
+    assert (r.pool == r.pool_names.index("edge")).all()
+    a_end = 0.0 + 0.1 + 0.1 + 10 * 0.1  # prefill 100 tokens + overhead, then 10 more tokens
+    first = a_end + 0.2 + 0.1  # B's and C's prompts prefilled together, then the overhead
+    assert r.ttft_s.tolist() == pytest.approx([0.2, first - 0.5, first - 0.6])
+    assert r.e2e_s.tolist() == pytest.approx([a_end, first + 3 * 0.1 - 0.5, first + 0.1 - 0.6])
+    continuous = simulate(trace, policy_file(), sim_config(edge_profile=edge, cloud_initial=0,
+                                                           router={"fill_order": ["edge", "cloud"]}))
+    assert continuous.ttft_s[1] < r.ttft_s[1]  # joining the running batch at once is sooner
