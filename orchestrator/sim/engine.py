@@ -393,7 +393,7 @@ class Simulator:
         batch, rep.pending = rep.pending, []
         rep.in_wave = len(batch)
         slow = self.cluster.slowdown(rep.pool) if rep.pool.machine is not None else 1.0
-        prompts = sum(self._p[i] for i in batch)
+        prompts = len(batch) * max(self._p[i] for i in batch)  # one padded forward pass over the batch
         first = now + (prompts * curve.prefill_busy_s_per_token + curve.overhead_s[1]) * slow
         t, done, size = first, 1, len(batch)
         for i in sorted(batch, key=lambda i: self._o[i]):

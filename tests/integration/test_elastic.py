@@ -57,7 +57,7 @@ POLICY = {
     },
     "slo": {"ttft_p95_s": 2.0, "e2e_p95_s": 20.0},
     "policy": {"name": "cost_aware", "knobs": {"cloud_idle_to_zero_s": 10, "rate_smoothing_s": 10,
-                                               "backlog_drain_s": 10}},
+                                               "backlog_drain_s": 10, "peak_hold_s": 20}},
     "guardrails": {"upscale_delay_s": 2, "downscale_delay_s": 15, "cooldown_s": 5, "stale_after_s": 30},
     "tick_interval_s": 2,
 }
