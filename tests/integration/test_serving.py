@@ -9,6 +9,8 @@ import time
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.conftest import ServedApp
 
@@ -413,3 +415,33 @@ def test_killed_edge_replica_loses_no_request_and_the_pool_recovers(served_app):
         time.sleep(1)
         pool = complete(sync, served_app.model, EDGE, prompt=CORPUS_PROMPT, max_tokens=4, temperature=0)[0]
     assert pool == "edge"
+
+
+# --- property-based fuzzing of bad input: never a 5xx, always OpenAI's error shape ----------------------------
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                     | st.text(max_size=20), lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_FIELDS = ["model", "messages", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "seed",
+           "stop", "logprobs", "top_logprobs", "logit_bias", "response_format", "tools", "tool_choice",
+           "presence_penalty", "frequency_penalty", "user", "frobnicate"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+@given(changes=st.dictionaries(st.sampled_from(_FIELDS), _JSON, min_size=1, max_size=4),
+       drop=st.sets(st.sampled_from(["model", "messages"]), max_size=1))
+def test_fuzzed_chat_bodies_get_a_200_or_an_openai_shaped_4xx_never_a_5xx(served_app, changes, drop):
+    # A valid body with 1-4 fields replaced by arbitrary JSON (and maybe a required field dropped); max_tokens
+    # stays small unless the fuzzer replaced it, so a body that is still valid answers quickly.
+    body = {**_body(served_app, max_tokens=4), **changes}
+    for name in drop:
+        body.pop(name, None)
+    r = _post(served_app, "/chat/completions", body)
+    assert r.status_code < 500, (body, r.status_code, r.text[:500])
+    if r.status_code == 200:
+        text = r.text
+        assert ("data: " in text) if body.get("stream") is True else ("choices" in r.json()), text[:500]
+    else:
+        assert r.status_code in (400, 404, 413, 422, 429), (body, r.status_code, r.text[:500])
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["message"], (body, err)

@@ -336,9 +336,10 @@ class CostAware:
                 continue
             erlangs = offered * cap.service_s
             # A request finding no SLO-safe slot may still wait for one within the objectives' slack (the router
-            # queues it when no later pool has room): the pool passes on what would wait beyond that slack.
+            # queues it when no later pool has room): the pool passes on what would wait beyond that slack. The
+            # E2E slack is a typical request's (its mean service), the TTFT slack the p95's.
             slo, margin = self.config.slo, self.knobs.slo_margin
-            slack_s = max(0.0, min(slo.ttft_p95_s * margin - cap.ttft_p95_s, slo.e2e_p95_s * margin - cap.e2e_p95_s))
+            slack_s = max(0.0, min(slo.ttft_p95_s * margin - cap.ttft_p95_s, slo.e2e_p95_s * margin - cap.service_s))
             slots = slots_within(erlangs, self.knobs.overflow_target, limit * cap.concurrency, slack_s, cap.service_s)
             replicas = min(limit, max(-(-slots // cap.concurrency), replicas_for(offered, cap.rps)))
             passes = (offered * late_share(replicas * cap.concurrency, erlangs, slack_s, cap.service_s)
