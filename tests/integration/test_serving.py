@@ -9,7 +9,7 @@ import time
 import httpx
 import openai
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import ServedApp
@@ -437,6 +437,7 @@ def test_fuzzed_chat_bodies_get_a_200_or_an_openai_shaped_4xx_never_a_5xx(served
     for name in drop:
         body.pop(name, None)
     r = _post(served_app, "/chat/completions", body)
+    event(f"status {r.status_code}")  # pytest --hypothesis-show-statistics prints the mix
     assert r.status_code < 500, (body, r.status_code, r.text[:500])
     if r.status_code == 200:
         text = r.text
