@@ -151,7 +151,10 @@ class CostAware:
     and is given the fewest replicas whose SLO-safe slots pass on at most ``overflow_target`` of it (Erlang B);
     the rest spills to the next pool, which is sized for it over *its* horizon — so a GPU pool starts early when
     demand within its startup will exceed the edge pool. The router gets the fill order and each pool's SLO-safe
-    concurrency. A burst pool not needed keeps one warm replica for ``cloud_idle_to_zero_s``, then goes to zero.
+    concurrency. A burst pool not needed keeps one warm replica for ``cloud_idle_to_zero_s``, then goes to zero
+    (one never needed since the controller started is not kept warm). The cheapest pool also keeps headroom for
+    the recent peak (``peak_hold_s``, as far as ``peak_hold_usd_per_hour`` pays), every pool the most replicas it
+    needed within its startup horizon (ski rental), and a rising trend is projected damped (``trend_damping_s``).
     No pool is planned below its in-flight load, and a pool at zero with requests waiting for it is started.
     """
 
