@@ -57,7 +57,7 @@ FULLNAME = "demo-elo"
 # The controller's Role must grant exactly this.
 BACKEND_NEEDS = set(REQUIRED_ACCESS)  # what the KubeRay backend calls (checked on the wire in test_kuberay_loop)
 CORE_KINDS = {"Deployment", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "PersistentVolumeClaim",
-              "Job"}
+              "Job", "NetworkPolicy"}
 STANDARD_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                    "app.kubernetes.io/managed-by", "helm.sh/chart", "app.kubernetes.io/component"}
 CHART_ONLY_POOL_KEYS = {"enabled", "workerGroup"}
@@ -511,9 +511,10 @@ def test_controller_state_goes_to_a_claim_when_persistence_is_on(helm: str) -> N
     assert volumes["state"]["persistentVolumeClaim"]["claimName"] == "kept-state"
 
 
-def test_disabling_the_controller_leaves_only_the_rayservice(helm: str) -> None:
+def test_disabling_the_controller_leaves_only_the_rayservice_and_its_network_policy(helm: str) -> None:
     objs = render(helm, "--set", "controller.enabled=false")
-    assert [o["kind"] for o in objs] == ["RayService"]
+    assert sorted(o["kind"] for o in objs) == ["NetworkPolicy", "RayService"]
+    assert one(objs, "NetworkPolicy")["metadata"]["name"] == f"{RELEASE}-elo-ray"
 
 
 # --- the policy ------------------------------------------------------------------------------------------------------
@@ -754,3 +755,48 @@ def test_api_keys_from_a_secret_reach_the_router_and_the_controller(helm):
     plain = render(helm)
     head = one(plain, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "ELO_ADMIN_KEYS" not in {e["name"] for e in head.get("env", [])}
+
+
+# --- NetworkPolicy ---------------------------------------------------------------------------------------------------
+
+
+def _open_ports(policy: dict[str, Any]) -> dict[int, list[Any]]:
+    """Port -> the `from` peers of every ingress rule naming it (None: from anyone)."""
+    out: dict[int, list[Any]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule.get("ports") or [{"port": "any"}]:
+            out.setdefault(port["port"], []).append(rule.get("from"))
+    return out
+
+
+def test_network_policies_keep_the_dashboard_and_ray_ports_inside_and_open_only_the_endpoint(helm: str) -> None:
+    objs = render(helm)
+    ray = one(objs, "NetworkPolicy", f"{RELEASE}-elo-ray")
+    rayservice = one(objs, "RayService")
+    head_labels = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    selector = ray["spec"]["podSelector"]
+    assert all(head_labels[k] == v for k, v in selector["matchLabels"].items())
+    assert head_labels["app.kubernetes.io/component"] in selector["matchExpressions"][0]["values"]
+    ports = _open_ports(ray)
+    # Ray's own ports: only from the cluster's pods (the rule without ports, from the Ray pods' selector).
+    (peers,) = ports["any"]
+    assert peers == [{"podSelector": selector}]
+    # The dashboard can run code: never from anyone, only from the controller and the KubeRay operator.
+    assert None not in ports[8265] and len(ports[8265]) == 2
+    controller = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert any(all(controller[k] == v for k, v in p[0]["podSelector"]["matchLabels"].items()) for p in ports[8265]
+               if "namespaceSelector" not in p[0])
+    assert None in ports[8000] and None in ports[8080]  # the endpoint and metrics: anyone, by default
+    ctl = one(objs, "NetworkPolicy", f"{RELEASE}-elo-controller")
+    assert _open_ports(ctl) == {9090: [None]}
+
+
+def test_network_policy_peers_and_switch_come_from_values(helm: str) -> None:
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    clients = [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    objs = render(helm, "--set-json", f"networkPolicy.metricsFrom={json.dumps(monitoring)}",
+                  "--set-json", f"networkPolicy.servingFrom={json.dumps(clients)}")
+    ports = _open_ports(one(objs, "NetworkPolicy", f"{RELEASE}-elo-ray"))
+    assert ports[8000][-1] == clients and ports[8080] == [monitoring]
+    assert _open_ports(one(objs, "NetworkPolicy", f"{RELEASE}-elo-controller")) == {9090: [monitoring]}
+    assert not [o for o in render(helm, "--set", "networkPolicy.enabled=false") if o["kind"] == "NetworkPolicy"]
