@@ -389,22 +389,25 @@ def _fluid_need(workload: Workload, sim: SimConfig, tc: TraceCapacity, bucket_s:
     return need, notes
 
 
+def _adds_capacity(machine: SharedCores, counts: Mapping[str, int], name: str, rps: Mapping[str, float]) -> bool:
+    """Whether one more replica of ``name`` serves more on the shared ``machine`` (beyond its cores a replica more
+    only slows the others down)."""
+    return machine.capacity_rps({**counts, name: counts[name] + 1}, rps) > machine.capacity_rps(counts, rps) + 1e-9
+
+
 def _trim_shared(need: dict[str, np.ndarray], machines: Sequence[SharedCores], tc: TraceCapacity) -> int:
-    """Per bucket, drop replicas of pools on a shared machine while one less serves as much there (beyond the
-    cores, a replica more only slows the others down), dearest pool first. Returns how many were dropped."""
+    """Per bucket, drop replicas of pools on a shared machine while the last one adds no capacity there, dearest
+    pool first. Returns how many were dropped."""
     dropped = 0
     for machine in machines:
         here = [n for n in reversed(tc.order) if n in machine.pools and n in need]
-        for b in range(len(next(iter(need.values()))) if need else 0):
+        for b in range(len(need[here[0]]) if here else 0):
             counts = {n: int(need[n][b]) for n in here}
             for name in here:
-                while counts[name] > 1:
-                    fewer = {**counts, name: counts[name] - 1}
-                    if machine.capacity_rps(fewer, tc.rps) < machine.capacity_rps(counts, tc.rps) - 1e-9:
-                        break
-                    counts = fewer
+                while counts[name] > 1 and not _adds_capacity(machine, {**counts, name: counts[name] - 1}, name,
+                                                               tc.rps):
+                    counts[name] -= 1
                     dropped += 1
-            for name in here:
                 need[name][b] = counts[name]
     return dropped
 
@@ -540,10 +543,9 @@ def _raise(need: dict[str, np.ndarray], tc: TraceCapacity, usable: Sequence[str]
     for name in usable:
         if need[name][b] < tc.cap[name] and (tc.eligible[name] & missed).any():
             machine = next((m for m in machines if name in m.pools), None)
-            if machine is not None:
-                now = {p: int(need[p][b]) for p in machine.pools if p in need}
-                if machine.capacity_rps({**now, name: now[name] + 1}, tc.rps) <= machine.capacity_rps(now, tc.rps) + 1e-9:
-                    continue
+            if machine is not None and not _adds_capacity(
+                    machine, {p: int(need[p][b]) for p in machine.pools if p in need}, name, tc.rps):
+                continue
             need[name][b] += 1
             return True
     return False

@@ -62,7 +62,6 @@ class SimReplica:
     node: SimNode | None = None
     running: int = 0
     prefill_free_s: float = 0.0
-    in_wave: int = 0  # waves (the edge engine): rows of the batch decoding now
     pending: list[int] = field(default_factory=list)  # waves: admitted requests waiting for the next batch
     ready_s: float | None = None
     stop_s: float | None = None

@@ -367,7 +367,7 @@ class Simulator:
         self._sent[idx], self._conc[idx] = now, n
         if rep.pool.waves:
             rep.pending.append(idx)
-            if rep.in_wave == 0:
+            if rep.running == len(rep.pending):  # no batch decoding: this one starts it
                 self._wave(rep)
             return
         # Shared cores (the embedded default): every replica serving or starting there slows this one down.
@@ -391,7 +391,6 @@ class Simulator:
         arrive meanwhile wait for the batch to end."""
         curve, now = rep.pool.curve, self.now
         batch, rep.pending = rep.pending, []
-        rep.in_wave = len(batch)
         slow = self.cluster.slowdown(rep.pool) if rep.pool.machine is not None else 1.0
         prompts = len(batch) * max(self._p[i] for i in batch)  # one padded forward pass over the batch
         first = now + (prompts * curve.prefill_busy_s_per_token + curve.overhead_s[1]) * slow
@@ -413,10 +412,8 @@ class Simulator:
     def _finish(self, idx: int, rep: SimReplica) -> None:
         pool, now = rep.pool, self.now
         rep.running -= 1
-        if pool.waves:
-            rep.in_wave -= 1
-            if rep.in_wave == 0 and rep.pending:
-                self._wave(rep)
+        if pool.waves and rep.pending and rep.running == len(rep.pending):  # its batch is done: the next starts
+            self._wave(rep)
         pool.in_flight -= 1
         self._active -= 1
         e2e = now - self._arr[idx]

@@ -191,7 +191,6 @@ class CostAware:
 
         figures = self._figures(pools, snapshot.mix, mem)
         order = sorted(figures, key=lambda n: (figures[n].unit_cost, n))
-        holds = {n: (k.peak_hold_s if rank == 0 else 0.0) for rank, n in enumerate(order)}
         mem.demand_history = [x for x in mem.demand_history if x[0] > now - k.peak_hold_s]
         # The smoothed level less the Poisson noise of a window's count: noise does not make a peak, a burst does.
         mem.demand_history.append([now, max(0.0, mem.level_rps - noise)])
@@ -201,7 +200,8 @@ class CostAware:
         for rank, name in enumerate(order):
             p, pc, f = pools[name], self.config.pools[name], figures[name]
             need_rps = ahead_rps = forecast(f.horizon_s)
-            peak_rps = mem.peak_rps(now - holds[name]) if holds[name] > 0 else 0.0
+            hold_s = k.peak_hold_s if rank == 0 else 0.0  # only the cheapest pool holds a peak
+            peak_rps = mem.peak_rps(now - hold_s) if hold_s > 0 else 0.0
             want, offered_rps, overflow_rps = self._cascade(order, figures, pools, ahead_rps, f.horizon_s)[name]
             note = (f"{name}: {f.capacity.describe()}; takes {offered_rps:.2f} of {ahead_rps:.2f} rps by "
                     f"+{f.horizon_s:.0f}s -> {want} replica{'s' if want != 1 else ''}"
@@ -215,7 +215,7 @@ class CostAware:
                 if extra:
                     want += extra
                     need_rps = peak_rps
-                    note += (f", {extra} more for its {holds[name]:.0f}s peak of {peak_rps:.2f} rps "
+                    note += (f", {extra} more for its {hold_s:.0f}s peak of {peak_rps:.2f} rps "
                              f"(${extra * pc.cost_per_hour_usd:.2f}/h of headroom)")
             # Ski rental: a replica let go and needed again costs its startup once more, so a pool keeps the most
             # replicas it needed within its own startup horizon.
@@ -251,7 +251,7 @@ class CostAware:
             notes.append(note)
             details[name] = {"capacity": _capacity_fields(f.capacity), "horizon_s": round(f.horizon_s, 1),
                              "demand_rps": round(need_rps, 3), "forecast_rps": round(ahead_rps, 3),
-                             "peak_rps": round(peak_rps, 3), "peak_hold_s": round(holds[name], 1),
+                             "peak_rps": round(peak_rps, 3), "peak_hold_s": round(hold_s, 1),
                              "offered_rps": round(offered_rps, 3),
                              "overflow_rps": round(overflow_rps, 3), "slo_max_prompt_tokens": f.slo_max_prompt_tokens,
                              "needed_replicas": needed, "replicas": want,
