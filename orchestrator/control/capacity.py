@@ -7,9 +7,11 @@ The service model (shared with the simulator, fitted by ``elo bench profile``), 
 
 * TTFT = prompt tokens / prefill rate + ``ttft_overhead_s(n)``; the prefill rate is the point's own
   ``prefill_tokens_per_s`` where its runs measured one, else the profile's;
-* every further output token takes ``tpot_s(n)``;
-* ``ttft_overhead_s`` and ``tpot_s`` are measured points over concurrency, interpolated linearly between points,
-  flat below the first and extrapolated along the last segment (never downward) above the last.
+* every further output token takes ``tpot_s(n) + tpot_s_per_context_token(n) x context``, the context being the
+  prompt plus the output so far (attention reads the whole KV cache at every step; a profile without the slope
+  has a TPOT flat in the context);
+* ``ttft_overhead_s``, ``tpot_s`` and the slope are measured points over concurrency, interpolated linearly between
+  points, flat below the first and extrapolated along the last segment (never downward) above the last.
 
 What the router observed corrects the prior by two factors (TTFT and TPOT, observed / predicted at the concurrency
 each request was admitted at), learned with the prior as pseudo-observations, so an unmeasured pool keeps its
@@ -44,7 +46,11 @@ class ProfilePoint(StrictModel):
 
     concurrency: int = Field(ge=1, description="Requests running on the replica at once (closed-loop clients).")
     ttft_overhead_s: float = Field(ge=0, description="Median TTFT minus the prefill time of the prompt, seconds.")
-    tpot_s: float = Field(gt=0, description="Median time per output token after the first, seconds.")
+    tpot_s: float = Field(gt=0, description="Median time per output token after the first, seconds; with "
+                          "tpot_s_per_context_token, the time at an empty context (the line's intercept).")
+    tpot_s_per_context_token: float | None = Field(
+        None, ge=0, description="Seconds each token of context (the prompt plus the output so far) adds to an output "
+        "token's time, when the runs' prompt lengths varied; null: TPOT does not depend on the context.")
     prefill_tokens_per_s: float | None = Field(
         None, gt=0, description="This concurrency's own prefill rate, when its runs measured it apart (prompt "
         "lengths varied); null: the profile's. A batching engine prefills faster alone than into a busy batch.")
@@ -84,8 +90,21 @@ class ReplicaProfile(StrictModel):
     def ttft_overhead_s(self, n: float) -> float:
         return _interp(n, [p.concurrency for p in self.points], [p.ttft_overhead_s for p in self.points])
 
-    def tpot_s(self, n: float) -> float:
-        return _interp(n, [p.concurrency for p in self.points], [p.tpot_s for p in self.points])
+    def tpot_s(self, n: float, context_tokens: float = 0.0) -> float:
+        """Seconds per output token at concurrency ``n`` with ``context_tokens`` of context (prompt + output so far)."""
+        xs = [p.concurrency for p in self.points]
+        base = _interp(n, xs, [p.tpot_s for p in self.points])
+        return base + context_tokens * self.tpot_s_per_context_token(n) if context_tokens else base
+
+    def tpot_s_per_context_token(self, n: float) -> float:
+        return _interp(n, [p.concurrency for p in self.points],
+                       [p.tpot_s_per_context_token or 0.0 for p in self.points])
+
+    def decode_s(self, prompt_tokens: float, output_tokens: float, n: float) -> float:
+        """Seconds to decode the output tokens after the first at concurrency ``n``: their mean context is the
+        prompt plus half the output."""
+        rest = max(output_tokens - 1.0, 0.0)
+        return rest * self.tpot_s(n, prompt_tokens + output_tokens / 2.0)
 
     def prefill_s_per_token(self, n: float) -> float:
         """Seconds per prompt token at concurrency ``n``: the points' own rates where given, else the profile's,
@@ -180,7 +199,8 @@ class Correction:
 
     def observe(self, profile: ReplicaProfile, concurrency: int, requests: float, ttft_mean_s: float | None,
                 tpot_mean_s: float | None, prompt_mean: float) -> Correction:
-        """Add ``requests`` observations made at ``concurrency`` (their mean TTFT, TPOT and prompt length)."""
+        """Add ``requests`` observations made at ``concurrency`` (their mean TTFT, TPOT and prompt length; the TPOT
+        is compared at the mean prompt's context)."""
         if requests <= 0:
             return self
         out = self
@@ -191,7 +211,7 @@ class Correction:
                               ttft_weight=out.ttft_weight + requests)
         if tpot_mean_s is not None and tpot_mean_s > 0:
             out = replace(out, log_tpot_sum=out.log_tpot_sum
-                          + requests * math.log(tpot_mean_s / profile.tpot_s(concurrency)))
+                          + requests * math.log(tpot_mean_s / profile.tpot_s(concurrency, prompt_mean)))
         return replace(out, weight=out.weight + requests)
 
 
@@ -232,11 +252,12 @@ def capacity_at_slo(profile: ReplicaProfile, mix: RequestMix, *, ttft_slo_s: flo
     ts, ps = corr.ttft_scale(prior_weight), corr.tpot_scale(prior_weight)
     prompts = np.asarray(mix.prompt_tokens, float)
     outputs = np.maximum(np.asarray(mix.output_tokens, float) - 1.0, 0.0)
+    contexts = prompts + (outputs + 1.0) / 2.0  # the mean context of a request's decode steps
     limit = max(1, min(max_concurrency, profile.max_concurrency))
 
     def at(n: int) -> tuple[float, float, float]:
         ttft = (prompts * profile.prefill_s_per_token(n) + profile.ttft_overhead_s(n)) * ts
-        e2e = ttft + outputs * profile.tpot_s(n) * ps
+        e2e = ttft + outputs * (profile.tpot_s(n) + profile.tpot_s_per_context_token(n) * contexts) * ps
         return float(np.quantile(ttft, quantile)), float(np.quantile(e2e, quantile)), float(e2e.mean())
 
     best: tuple[int, float, float, float] | None = None

@@ -380,7 +380,7 @@ class Simulator:
         rep.prefill_free_s = done
         first = done + (self._p[idx] * curve.prefill_s_per_token[n] - busy + curve.overhead_s[n]) * slow
         out = self._o[idx]
-        end = first + (out - 1) * curve.tpot_s[n] * slow if out > 1 else first
+        end = first + curve.decode_s(out - 1, self._p[idx] + out / 2, n) * slow if out > 1 else first
         self._schedule(first, _FIRST_TOKEN, idx, rep.pool)
         self._schedule(end, _FINISH, idx, rep)
 
@@ -392,12 +392,12 @@ class Simulator:
         curve, now = rep.pool.curve, self.now
         batch, rep.pending = rep.pending, []
         slow = self.cluster.slowdown(rep.pool) if rep.pool.machine is not None else 1.0
-        prompts = len(batch) * max(self._p[i] for i in batch)  # one padded forward pass over the batch
-        first = now + (prompts * curve.prefill_busy_s_per_token + curve.overhead_s[1]) * slow
+        longest = max(self._p[i] for i in batch)  # every row is padded to the longest prompt
+        first = now + (len(batch) * longest * curve.prefill_busy_s_per_token + curve.overhead_s[1]) * slow
         t, done, size = first, 1, len(batch)
         for i in sorted(batch, key=lambda i: self._o[i]):
             out = max(1, self._o[i])
-            t += (out - done) * curve.tpot_s[min(size, curve.limit)] * slow
+            t += curve.decode_s(out - done, longest + (out + done - 1) / 2, min(size, curve.limit)) * slow
             done, size = out, size - 1
             self._schedule(first, _FIRST_TOKEN, i, rep.pool)
             self._schedule(t, _FINISH, i, rep)

@@ -10,9 +10,12 @@ The model, per replica (continuous batching, requests admitted up to a concurren
   ``prefill_tokens_per_s``, else the profile's: a prompt joining a busy batch takes longer, without holding the
   server longer) + ``ttft_overhead_s(n)``, where ``n`` is the replica's concurrency at admission (the request
   included) — scheduling, the first decode step, streaming;
-* **decode**: every further output token takes ``tpot_s(n)``, ``n`` again frozen at admission.
+* **decode**: every further output token takes ``tpot_s(n)`` plus ``tpot_s_per_context_token(n)`` per token of
+  context (the prompt and the output so far; on average the prompt plus half the output), ``n`` again frozen at
+  admission.
 
-``ttft_overhead_s`` and ``tpot_s`` are tables over concurrency (the measured points), interpolated linearly
+``ttft_overhead_s``, ``tpot_s`` and its context slope are tables over concurrency (the measured points),
+interpolated linearly
 between points, flat below the first, and extrapolated along the last segment (never downward) above the last.
 Freezing ``n`` at admission keeps one request O(1) (a replay of 10^6 requests stays in seconds); it
 under-states the slow-down of requests already running when a burst lands on them.
@@ -40,7 +43,8 @@ class ServiceCurve:
     prefill_s_per_token: tuple[float, ...]  # latency per prompt token at concurrency n
     prefill_busy_s_per_token: float  # what a prompt occupies the replica's prefill for (its throughput)
     overhead_s: tuple[float, ...]
-    tpot_s: tuple[float, ...]
+    tpot_s: tuple[float, ...]  # at an empty context
+    tpot_per_context_s: tuple[float, ...]  # what each token of context adds to an output token's time
 
     @classmethod
     def of(cls, profile: ReplicaProfile, limit: int) -> ServiceCurve:
@@ -52,13 +56,18 @@ class ServiceCurve:
             prefill_busy_s_per_token=profile.prefill_throughput_s_per_token,
             overhead_s=(0.0,) + tuple(profile.ttft_overhead_s(n) for n in range(1, limit + 1)),
             tpot_s=(0.0,) + tuple(profile.tpot_s(n) for n in range(1, limit + 1)),
+            tpot_per_context_s=(0.0,) + tuple(profile.tpot_s_per_context_token(n) for n in range(1, limit + 1)),
         )
+
+    def decode_s(self, steps: float, context_tokens: float, n: int) -> float:
+        """Seconds for ``steps`` output tokens at concurrency ``n`` whose mean context is ``context_tokens``."""
+        return steps * (self.tpot_s[n] + self.tpot_per_context_s[n] * context_tokens)
 
     def isolated_latency(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
                          n: int) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, E2E) of requests at concurrency ``n`` with no prefill queue (the capacity model of the bound)."""
         ttft = self.overhead_s[n] + prompt_tokens * self.prefill_s_per_token[n]
-        return ttft, ttft + np.maximum(output_tokens - 1, 0) * self.tpot_s[n]
+        return ttft, ttft + self.decode_s(np.maximum(output_tokens - 1, 0), prompt_tokens + output_tokens / 2, n)
 
 
 def load_profile(path: str | Path) -> ReplicaProfile:
@@ -169,7 +178,9 @@ def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
     say so. A concurrency whose own slope is more than 1.5x off the shared one (a batching engine prefills a lone
     prompt faster than one joining a busy batch) keeps its own rate (``ProfilePoint.prefill_tokens_per_s``), and the
     shared rate is refitted without it. Per concurrency, ``ttft_overhead_s`` is the median of TTFT minus prefill
-    time (>= 0) and ``tpot_s`` the median TPOT. Raises ValueError when there is nothing to fit.
+    time (>= 0) and ``tpot_s`` the median TPOT; when a concurrency's prompt lengths vary and its median TPOT grows
+    with the context, ``tpot_s`` and ``tpot_s_per_context_token`` are the line through the medians of its prompt
+    lengths (see ``_tpot_line``). Raises ValueError when there is nothing to fit.
     """
     ok = [s for s in samples if s.ttft_s is not None and s.ttft_s >= 0 and s.prompt_tokens > 0]
     if not ok:
@@ -199,8 +210,13 @@ def fit_profile(samples: Sequence[Sample], *, name: str, source: str,
         own = own_rates[c]
         per_token = 1.0 / own if own else slope
         overhead = max(0.0, statistics.median(s.ttft_s - s.prompt_tokens * per_token for s in group))
+        line = _tpot_line(group)
+        if line is not None:
+            notes.append(f"concurrency {c}: TPOT {line[0] * 1000:.2f} ms + {line[1] * 1e6:.2f} us per token of "
+                         "context")
         points.append(ProfilePoint(concurrency=c, ttft_overhead_s=round(overhead, 6),
-                                   tpot_s=round(statistics.median(tpots), 6),
+                                   tpot_s=round(line[0] if line else statistics.median(tpots), 6),
+                                   tpot_s_per_context_token=round(line[1], 10) if line else None,
                                    prefill_tokens_per_s=round(own, 3) if own else None))
         if own:
             notes.append(f"concurrency {c}: its own prefill rate, {own:,.0f} tokens/s (shared {1 / slope:,.0f})")
@@ -226,7 +242,7 @@ def fit_quality(profile: ReplicaProfile, samples: Sequence[Sample]) -> FitQualit
         ttft_pred = profile.ttft_s(prompt, c)
         e2es = [s.e2e_s for s in group if s.e2e_s is not None]
         outs = [s.output_tokens for s in group if s.output_tokens is not None]
-        e2e_pred = (ttft_pred + max(statistics.median(outs) - 1, 0) * profile.tpot_s(c)) if outs else None
+        e2e_pred = (ttft_pred + profile.decode_s(prompt, statistics.median(outs), c)) if outs else None
         multi = [s for s in group if s.e2e_s is not None and (s.output_tokens or 0) > 1]
         one_chunk = sum(1 for s in multi if s.e2e_s - s.ttft_s < 0.05 * s.e2e_s)  # type: ignore[operator]
         cells.append(FitCell(c, prompt, len(group), statistics.median(s.ttft_s for s in group), ttft_pred,
@@ -238,6 +254,27 @@ def fit_quality(profile: ReplicaProfile, samples: Sequence[Sample]) -> FitQualit
     ss_tot = float(((y - y.mean()) ** 2).sum()) if len(y) > 1 else 0.0
     r2 = 1.0 - float((np.asarray(residuals) ** 2).sum()) / ss_tot if ss_tot > 0 else None
     return FitQuality(tuple(cells), r2)
+
+
+def _tpot_line(group: Sequence[Sample], min_rise: float = 0.1) -> tuple[float, float] | None:
+    """(TPOT at an empty context, seconds per token of context) of one concurrency: the least-squares line through
+    each prompt length's median TPOT against its median context (prompt + half the output). Medians, because some
+    streams deliver their whole output in one chunk (a TPOT near 0). None when the prompts do not vary, or the
+    line does not rise by ``min_rise`` of its start over the measured contexts, or its intercept is not positive:
+    then the median describes the concurrency."""
+    by_prompt: dict[int, list[Sample]] = {}
+    for s in group:
+        if s.tpot_s is not None and s.tpot_s > 0:
+            by_prompt.setdefault(s.prompt_tokens, []).append(s)
+    if len(by_prompt) < 2:
+        return None
+    ctx = np.array([statistics.median(s.prompt_tokens + (s.output_tokens or 1) / 2 for s in g)
+                    for g in by_prompt.values()])
+    tpot = np.array([statistics.median(s.tpot_s for s in g) for g in by_prompt.values()])  # type: ignore[misc]
+    slope, intercept = np.polyfit(ctx, tpot, 1)
+    if intercept <= 0 or slope <= 0 or slope * (ctx.max() - ctx.min()) < min_rise * (intercept + slope * ctx.min()):
+        return None
+    return float(intercept), float(slope)
 
 
 def _lstsq_slope(samples: Sequence[Sample], levels: Sequence[int]) -> float:

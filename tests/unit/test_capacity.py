@@ -92,3 +92,21 @@ def test_slots_for_is_the_fewest_that_keep_overflow_within_the_target():
     assert slots_for(5.0, 0.02, 100) == 10  # B(10, 5) = 1.8% <= 2% < B(9, 5) = 3.7%
     assert slots_for(5.0, 0.02, 8) == 8  # capped
     assert slots_for(0.0, 0.01, 8) == 0
+
+
+def test_a_tpot_that_grows_with_the_context_lowers_the_slo_safe_concurrency_of_long_prompts():
+    # PROFILE plus 20 us per token of context: 100-token prompts decode at a mean context of 125.5 tokens (+2.5 ms a
+    # token), 1000-token prompts at 1025.5 (+20.5 ms) and so reach the E2E margin at fewer requests at once.
+    ctx = PROFILE.model_copy(update={"points": [p.model_copy(update={"tpot_s_per_context_token": 2e-5})
+                                                for p in PROFILE.points]})
+    assert ctx.tpot_s(1, 1000) == pytest.approx(0.02 + 0.02)
+    short = capacity_at_slo(ctx, MIX, ttft_slo_s=5.0, e2e_slo_s=3.0, max_concurrency=8, margin=0.8)
+    # E2E(n) = 0.2 + 50 x (TPOT(n) + 20 us x 125.5) <= 2.4 s: TPOT(n) <= 41.5 ms, n = 3 (40 ms)
+    assert short.concurrency == 3 and short.service_s == pytest.approx(0.2 + 50 * (0.04 + 2e-5 * 125.5))
+    long_mix = RequestMix((1000,) * 20, (51,) * 20)
+    # E2E(n) = 1.1 + 50 x (TPOT(n) + 20.51 ms) <= 2.4 s: TPOT(n) <= 5.5 ms, below 20 ms alone: none
+    assert capacity_at_slo(PROFILE, long_mix, ttft_slo_s=5.0, e2e_slo_s=3.0, max_concurrency=8).concurrency == 1
+    assert capacity_at_slo(ctx, long_mix, ttft_slo_s=5.0, e2e_slo_s=3.0, max_concurrency=8).concurrency == 0
+    # What the router observed at the mean prompt's context is what the profile predicts there: no correction.
+    corr = Correction().observe(ctx, 1, 10, None, ctx.tpot_s(1, 1000), 1000)
+    assert corr.tpot_scale(20.0) == pytest.approx(1.0)

@@ -170,3 +170,17 @@ def test_an_engine_that_batches_in_waves_makes_an_arrival_wait_for_the_running_b
     continuous = simulate(trace, policy_file(), sim_config(edge_profile=edge, cloud_initial=0,
                                                            router={"fill_order": ["edge", "cloud"]}))
     assert continuous.ttft_s[1] < r.ttft_s[1]  # joining the running batch at once is sooner
+
+
+def test_decode_slows_with_the_context_on_both_engines():
+    # 1 ms per output token plus 10 us per token of context: a 900-token prompt decodes 10x slower than an empty one.
+    slope = profile(overhead_s=0.1, tpot_s=0.001, prefill=1000.0, max_concurrency=4)
+    slope["points"] = [{**pt, "tpot_s_per_context_token": 1e-5} for pt in slope["points"]]
+    for batching in ("continuous", "waves"):
+        sim = sim_config(edge_profile=slope, cloud_initial=0, router={"fill_order": ["edge", "cloud"]},
+                         edge={"batching": batching})
+        trace = [TraceRequest(0.0, 900, 11), TraceRequest(30.0, 10, 11)]
+        r = simulate(trace, policy_file(), sim)
+        # 10 further tokens; token j (2..11) reads the prompt and j - 1 outputs: a mean context of prompt + 5.5
+        assert (r.e2e_s - r.ttft_s).tolist() == pytest.approx([10 * (0.001 + 1e-5 * 905.5),
+                                                               10 * (0.001 + 1e-5 * 15.5)]), batching

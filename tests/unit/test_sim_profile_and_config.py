@@ -240,3 +240,22 @@ def test_startup_delays_sample_within_their_distribution() -> None:
     assert ln.quantile(0.5) == pytest.approx(40)
     assert sim_config(cloud_startup=7).pools["cloud"].replica_startup_s.quantile(0.95) == 7  # a bare number
     assert profile()["points"][0]["tpot_s"] == 0.02
+
+
+def test_a_tpot_that_grows_with_the_context_is_fitted_as_a_line_and_predicts_e2e() -> None:
+    # TPOT = 4 ms + 2 us per token of context (prompt + half of the 32-token output), at 1 and 4 at once.
+    samples = []
+    for c in (1, 4):
+        for p in (32, 256, 896):
+            tpot = 0.004 * c + 2e-6 * (p + 16)
+            samples += [Sample(c, p, 0.01 + p / 10000, tpot, 0.01 + p / 10000 + 31 * tpot, 32)] * 10
+    fit = fit_profile(samples, name="context", source="test")
+    pts = {pt.concurrency: pt for pt in fit.profile.points}
+    assert pts[1].tpot_s == pytest.approx(0.004) and pts[1].tpot_s_per_context_token == pytest.approx(2e-6)
+    assert pts[4].tpot_s == pytest.approx(0.016) and pts[4].tpot_s_per_context_token == pytest.approx(2e-6)
+    assert fit.profile.tpot_s(1, 912) == pytest.approx(0.004 + 2e-6 * 912)
+    assert fit.quality is not None and fit.quality.worst_e2e_error < 0.01
+    assert any("per token of context" in n for n in fit.notes)
+    # A TPOT flat in the prompt (known_samples) keeps the median and no slope.
+    assert all(pt.tpot_s_per_context_token is None
+               for pt in fit_profile(known_samples([64, 512]), name="k", source="t").profile.points)
