@@ -62,6 +62,10 @@ class PoolConfig(_Strict):
     )
     max_batch_size: int = Field(8, ge=1, description="transformers: sequences decoded together.")
     num_threads: int | None = Field(None, ge=1, description="transformers: torch threads (default: torch's).")
+    busy_cores: float | None = Field(
+        None, gt=0, description="On a shared machine (elo run's local pools; not KubeRay nodes): the cores one serving "
+        "replica keeps busy, as scripts/bench_shared_cores.py fits them (e.g. 1.41 edge, 1.89 cloud on a 2-vCPU "
+        "Xeon VM); null: its threads (every CPU, or num_threads).")
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0}, description="Ray actor options of each replica."
     )
@@ -119,6 +123,9 @@ class RouterConfig(_Strict):
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429/503.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     request_timeout_s: float = Field(600.0, gt=0, description="Upper bound on one request's life.")
+    stream_resumes: int = Field(
+        2, ge=0, description="A stream whose replica fails mid-stream goes on from the text already sent on "
+        "another replica, up to this many times (0: the client gets an SSE error event).")
     drain_timeout_s: float = Field(
         600.0, ge=0,
         description="On shutdown (elo run stopped, the router replica replaced) the router stops admitting new "

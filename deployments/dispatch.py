@@ -173,6 +173,14 @@ class Dispatcher:
             p.replicas.pop(replica.replica_id, None)  # a draining replica that finished its last request
         self._wake()
 
+    def failed(self, pool: str, replica: Replica, e: Exception) -> None:
+        """A replica failed a request it had begun to answer: release the request and keep the replica out of
+        placement for the failure backoff."""
+        self.release(pool, replica)
+        if replica.failed_until != math.inf:
+            replica.failed_until = self.clock() + self.failure_backoff_s
+        log.warning("replica %s of pool %s failed mid-answer: %s", replica.replica_id, pool, e)
+
     def _acquire(self, pool: str, replica: Replica) -> None:
         p = self.pools[pool]
         p.in_flight += 1

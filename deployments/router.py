@@ -9,7 +9,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -39,6 +39,7 @@ from deployments.protocol import (
     validate_request,
 )
 from deployments.replica_set import ServeReplicas
+from deployments.resume import Reshape, Streamed, continuation, resumable, strip_token_ids
 from deployments.routing import RequestFeatures
 from deployments.window import PoolWindow, ServiceSample
 
@@ -67,6 +68,9 @@ class _Metrics:
         self.ready = Gauge("elo_pool_ready_replicas", "Ready replicas per pool.", ["pool"], registry=r)
         self.retries = Counter("elo_retries", "Requests retried after a replica failed before answering.", ["pool"],
                                registry=r)
+        self.resumes = Counter("elo_stream_resumes", "Streams continued on another replica after theirs failed "
+                               "mid-stream, by the pool that failed and the pool that continued.",
+                               ["from_pool", "to_pool"], registry=r)
         self.slo = Counter("elo_slo_requests", "Requests counted against the controller's SLO (TTFT and E2E within "
                            "it, answered 200: result=met).", ["pool", "result"], registry=r)
         self.key_refused = Counter("elo_key_refused_requests", "Requests refused for their API key: 401 (no valid "
@@ -101,10 +105,13 @@ class Call:
     stream: bool
     wants_usage: bool  # the client asked for the stream's usage chunk
     started: float
+    data: dict[str, Any] = field(default_factory=dict)  # the request as sent to the replica
+    prompt_ids: list[int] | None = None  # the one prompt's token ids (None: several prompts)
     first_pool: str = ""
     completion_tokens: int = 0
     first_token_at: float | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    resumed: int = 0  # times the stream was continued on another replica
 
 
 class _HttpUpstream:
@@ -248,24 +255,25 @@ class Router:
         except Exception as e:
             raise APIError(400, f"The model's chat template cannot render these messages: {e}.",
                            param="messages", code="invalid_value") from e
-        prompt_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return self._call("/v1/chat/completions", body, data, prompt_tokens, slo_class)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._call("/v1/chat/completions", body, data, len(ids), slo_class, ids)
 
     def prepare_completion(self, body: CompletionRequest, data: dict[str, Any], slo_class: str | None) -> Call:
-        lengths = []
+        prompts = []
         for p in body.prompts():
             if isinstance(p, str):
-                lengths.append(len(self.tokenizer(p)["input_ids"]))
+                prompts.append(self.tokenizer(p)["input_ids"])
             else:
                 bad = [t for t in p if t >= self.vocab_size]
                 if bad:
                     raise APIError(400, f"Token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1}).",
                                    param="prompt", code="invalid_value")
-                lengths.append(len(p))
-        return self._call("/v1/completions", body, data, max(lengths), slo_class)
+                prompts.append(p)
+        return self._call("/v1/completions", body, data, max(map(len, prompts)), slo_class,
+                          prompts[0] if len(prompts) == 1 else None)
 
     def _call(self, path: str, body: ChatCompletionRequest | CompletionRequest, data: dict[str, Any],
-              prompt_tokens: int, slo_class: str | None) -> Call:
+              prompt_tokens: int, slo_class: str | None, prompt_ids: list[int] | None = None) -> Call:
         if body.model != self.model_name:
             raise APIError(404, f"The model '{body.model}' does not exist. This endpoint serves '{self.model_name}'.",
                            param="model", code="model_not_found")
@@ -275,10 +283,13 @@ class Router:
         if body.stream and not wants_usage:
             # The router counts tokens from the usage chunk; the client did not ask for it, so it is dropped.
             data = {**data, "stream_options": {**(data.get("stream_options") or {}), "include_usage": True}}
+        if body.stream and resumable(data) is None:
+            # The token ids of what is streamed, should the stream have to go on elsewhere (stripped on the way).
+            data = {**data, "return_token_ids": True}
         features = RequestFeatures(prompt_tokens=prompt_tokens, max_tokens=max_tokens, slo_class=slo_class,
                                    needs=features_of(body))
         return Call(path, json.dumps(data, separators=(",", ":")).encode(), features, prompt_tokens, body.stream,
-                    wants_usage, self.clock())
+                    wants_usage, self.clock(), data, prompt_ids)
 
     def _check_token_ids(self, body: ChatCompletionRequest | CompletionRequest) -> None:
         for name, ids in (("logit_bias", [int(k) for k in (body.logit_bias or {})]),
@@ -329,22 +340,35 @@ class Router:
                                  headers=headers)
 
     async def _whole(self, call: Call, opened: Opened, headers: dict[str, str]) -> Response:
-        """A non-streamed answer (or the replica's own error, passed through: it is the client's)."""
+        """A non-streamed answer (or the replica's own error, passed through: it is the client's). A replica that
+        fails while generating it (nothing was sent to the client yet) is replaced: the request is sent again, up
+        to ``router.stream_resumes`` times."""
         status, data = 500, b""
-        try:
-            async with asyncio.timeout(self.config.router.request_timeout_s):
-                chunks = [c async for c in opened.upstream.body()]
-            data = b"".join(chunks)
-            status = opened.upstream.status
-            call.first_token_at = self.clock()
-            if status == 200:
-                call.usage = json.loads(data).get("usage") or {}
-        except (Exception, asyncio.CancelledError) as e:
-            self._done(call, opened, 499 if isinstance(e, asyncio.CancelledError) else 500)
-            await opened.upstream.aclose()
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            raise APIError(500, f"The {opened.pool} replica failed during generation: {e}", type="server_error") from e
+        for attempt in range(self.config.router.stream_resumes + 1):
+            try:
+                async with asyncio.timeout(self.config.router.request_timeout_s):
+                    chunks = [c async for c in opened.upstream.body()]
+                data = b"".join(chunks)
+                status = opened.upstream.status
+                call.first_token_at = self.clock()
+                if status == 200:
+                    call.usage = json.loads(data).get("usage") or {}
+                break
+            except (Exception, asyncio.CancelledError) as e:
+                cancelled = isinstance(e, asyncio.CancelledError)
+                if cancelled or attempt == self.config.router.stream_resumes:
+                    self._done(call, opened, 499 if cancelled else 500)
+                    await opened.upstream.aclose()
+                    if cancelled:
+                        raise
+                    raise APIError(500, f"The {opened.pool} replica failed during generation: {e}",
+                                   type="server_error") from e
+                await opened.upstream.aclose()
+                self.dispatch.failed(opened.pool, opened.replica, e)
+                failed = opened.pool
+                opened = await self.dispatch.open(call.features, call.path, call.body)
+                self.metrics.retries.labels(failed).inc()
+                headers[POOL_HEADER] = opened.pool
         await opened.upstream.aclose()
         self._done(call, opened, status)
         media = opened.upstream.headers.get("content-type", "application/json")
@@ -352,27 +376,38 @@ class Router:
 
     async def _events(self, call: Call, opened: Opened) -> AsyncIterator[bytes]:
         """The replica's SSE events as they come, whole events per write; the usage chunk the router asked for
-        is read (token counts) and dropped unless the client asked for it too."""
-        status, buf = 500, b""
+        is read (token counts) and dropped unless the client asked for it too. When the replica fails mid-stream
+        (its connection breaks, or it streams an error), the stream goes on from the text already sent on another
+        replica, up to ``router.stream_resumes`` times, and the client sees one stream."""
+        status, sent, released = 500, [], False  # released: the failed replica let go, no other took over yet
         try:
             async with asyncio.timeout(self.config.router.request_timeout_s):
-                async for chunk in opened.upstream.body():
-                    if call.first_token_at is None:
-                        call.first_token_at = self.clock()
-                    buf += chunk
-                    cut = buf.rfind(b"\n\n")
-                    if cut < 0:
-                        continue
-                    events, buf = buf[: cut + 2], buf[cut + 2:]
-                    if b'"usage":{' in events:
-                        events = self._take_usage(call, events)
-                    if b'data: {"error"' in events:
-                        log.warning("the %s replica streamed an error: %s", opened.pool, events[:300])
-                    if events:
-                        yield events
-            if buf:
-                yield buf
-            status = 200
+                reshape: Reshape | None = None
+                for attempt in range(self.config.router.stream_resumes + 1):
+                    try:
+                        async for events in self._relay(call, opened, reshape, sent):
+                            yield events
+                        status = 200
+                        break
+                    except (Exception, asyncio.CancelledError) as e:
+                        if isinstance(e, asyncio.CancelledError) or attempt == self.config.router.stream_resumes:
+                            raise
+                        why = resumable(call.data)
+                        if why is not None:
+                            log.warning("stream from %s failed (%r); not resumable (%s)", opened.pool, e, why)
+                            raise
+                        log.warning("stream from %s failed after %d events: %r; resuming", opened.pool, len(sent), e)
+                        await opened.upstream.aclose()
+                        self.dispatch.failed(opened.pool, opened.replica, e)
+                        released = True
+                        resumed = await self._resume(call, sent)
+                        if resumed is None:  # the generation had finished: only the end of the stream was lost
+                            yield SSE_DONE
+                            status = 200
+                            return
+                        self.metrics.resumes.labels(opened.pool, resumed[0].pool).inc()
+                        (opened, reshape), released = resumed, False
+                        call.resumed += 1
         except asyncio.CancelledError:
             status = 499  # the client went away: closing the upstream stops the replica's work too
             raise
@@ -382,8 +417,69 @@ class Router:
                                      type="server_error").body())
             yield SSE_DONE
         finally:
+            if not released:
+                await opened.upstream.aclose()
+            self._done(call, opened, status, release=not released)
+
+    async def _relay(self, call: Call, opened: Opened, reshape: Reshape | None,
+                     sent: list[bytes]) -> AsyncIterator[bytes]:
+        """One upstream's events, whole events per write (reshaped when it continues another's stream); each is
+        kept in ``sent``. An error event from the replica raises ReplicaFailed, after what came before it."""
+        buf = b""
+        async for chunk in opened.upstream.body():
+            if call.first_token_at is None:
+                call.first_token_at = self.clock()
+            if reshape is not None:
+                events = reshape.feed(chunk, lambda usage: setattr(call, "usage", usage))
+            else:
+                buf += chunk
+                cut = buf.rfind(b"\n\n")
+                if cut < 0:
+                    continue
+                events, buf = buf[: cut + 2], buf[cut + 2:]
+                if b'"usage":{' in events:
+                    events = self._take_usage(call, events)
+            err = events.find(b'data: {"error"')
+            if err >= 0:
+                if err:
+                    sent.append(events[:err])
+                    yield strip_token_ids(events[:err])
+                raise ReplicaFailed(f"the replica streamed an error: {events[err:err + 300]!r}")
+            if events:
+                sent.append(events)
+                yield strip_token_ids(events)
+        if buf:
+            yield strip_token_ids(buf)
+        if reshape is not None:
+            if call.wants_usage and call.usage:
+                yield reshape.usage_event(call.usage)
+            yield SSE_DONE
+
+    async def _resume(self, call: Call, sent: list[bytes]) -> tuple[Opened, Reshape | None] | None:
+        """Open the request that continues a failed stream: the original again when nothing was sent yet, else a
+        completion of the prompt and the streamed text; None when the stream had already finished."""
+        chat = call.path == "/v1/chat/completions"
+        streamed = Streamed.of(sent, chat)
+        if streamed.finished:
+            return None
+        if streamed.template is None or call.prompt_ids is None:
+            path, body, reshape, features = call.path, call.body, None, call.features
+        else:
+            ids = streamed.token_ids  # what the model generated; else the text's tokens (one may differ)
+            if ids is None:
+                ids = self.tokenizer(streamed.text, add_special_tokens=False)["input_ids"] if streamed.text else []
+            prompt = streamed.prompt_ids or call.prompt_ids
+            data = continuation(call.data, prompt, ids, call.features.max_tokens)
+            path, body = "/v1/completions", json.dumps(data, separators=(",", ":")).encode()
+            reshape = Reshape(streamed, chat, len(prompt), len(ids))
+            features = replace(call.features, prompt_tokens=len(data["prompt"]), max_tokens=data["max_tokens"])
+        opened = await self.dispatch.open(features, path, body)
+        if opened.upstream.status != 200:
+            detail = b"".join([c async for c in opened.upstream.body()])[:300]
             await opened.upstream.aclose()
-            self._done(call, opened, status)
+            self.dispatch.release(opened.pool, opened.replica)
+            raise ReplicaFailed(f"the continuation got HTTP {opened.upstream.status}: {detail!r}")
+        return opened, reshape
 
     def _take_usage(self, call: Call, events: bytes) -> bytes:
         at = events.find(b'"usage":{')
@@ -402,8 +498,9 @@ class Router:
             call.usage = usage
         return events
 
-    def _done(self, call: Call, opened: Opened, status: int) -> None:
-        self.dispatch.release(opened.pool, opened.replica)
+    def _done(self, call: Call, opened: Opened, status: int, release: bool = True) -> None:
+        if release:
+            self.dispatch.release(opened.pool, opened.replica)
         now = self.clock()
         pool = opened.pool
         completion = int(call.usage.get("completion_tokens", 0))
@@ -422,6 +519,8 @@ class Router:
             w.first_token(call.first_token_at, ttft)
         if status == 200 and call.first_token_at is not None:
             w.finished(now, now - call.started, completion)
+            if call.resumed:  # its replica's service is not one request's: no sample of the profile
+                return
             tpot = (now - call.first_token_at) / (completion - 1) if completion > 1 and call.stream else None
             w.served(ServiceSample(now, opened.concurrency, prompt, completion, call.first_token_at - opened.sent_at,
                                    tpot))

@@ -388,14 +388,54 @@ def test_client_leaving_mid_stream_frees_its_slot(served_app):
 # --- failure: runs last, it kills the edge replica ------------------------------------------------
 
 
-def test_killed_edge_replica_loses_no_request_and_the_pool_recovers(served_app):
-    # Either Serve holds the requests for the replacement replica, or the router retries them on the
-    # cloud pool (tests/unit/test_dispatch.py covers that path); no request may fail.
+async def _stream_text(c: openai.AsyncOpenAI, model: str, on_tokens=None) -> tuple[str, str | None, int]:
+    """A greedy streamed chat of 300 tokens on the edge pool: its text, finish reason and usage."""
+    stream = await c.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=300, temperature=0,
+        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}, extra_headers=EDGE)
+    text, finish, usage, chunks = [], None, 0, 0
+    async for chunk in stream:
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage.completion_tokens
+        chunks += 1
+        if on_tokens is not None and chunks == 4:
+            on_tokens()
+    return "".join(text), finish, usage
+
+
+def test_killed_edge_replica_loses_no_request_its_streams_go_on_and_the_pool_recovers(served_app):
+    # Streams the edge replica was serving when it died go on from the text already sent on another replica (the
+    # cloud pool), and each reads as one uninterrupted greedy stream. Requests sent after the kill: either Serve
+    # holds them for the replacement replica, or the router retries them on the cloud pool; no request may fail.
     import ray
 
     edge = [a for a in ray.util.list_named_actors(all_namespaces=True) if "pool-edge" in a["name"]]
     assert len(edge) == 1
-    ray.kill(ray.get_actor(edge[0]["name"], namespace=edge[0]["namespace"]), no_restart=True)
+
+    async def streams_through_the_kill():
+        async with openai.AsyncOpenAI(base_url=served_app.v1, api_key="unused", max_retries=0, timeout=300) as c:
+            reference = await _stream_text(c, served_app.model)
+            started = [0]
+
+            def kill_once_all_stream() -> None:
+                started[0] += 1
+                if started[0] == 4:  # every stream is mid-answer on the edge replica
+                    ray.kill(ray.get_actor(edge[0]["name"], namespace=edge[0]["namespace"]), no_restart=True)
+
+            results = await asyncio.gather(*(_stream_text(c, served_app.model, kill_once_all_stream)
+                                             for _ in range(4)))
+            return reference, started[0], results
+
+    reference, started, results = asyncio.run(streams_through_the_kill())
+    assert reference[1:] == ("length", 300) and started == 4
+    # One stream each, no error event, the whole 300 tokens, the text of the uninterrupted run.
+    assert results == [reference] * 4
+    metrics = httpx.get(f"{served_app.base_url}/metrics", timeout=10).text
+    resumed = [line for line in metrics.splitlines() if line.startswith("elo_stream_resumes_total{")]
+    assert resumed and sum(float(line.split()[-1]) for line in resumed) >= 1, resumed
 
     async def batch_requests(n: int):
         async with openai.AsyncOpenAI(base_url=served_app.v1, api_key="unused", max_retries=0, timeout=120) as c:
