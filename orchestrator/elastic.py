@@ -110,11 +110,14 @@ def local_machine(config: AppConfig, cores: float | None = None) -> SharedCores:
     """The cores every local pool's replicas share: a serving replica keeps its engine's threads busy (vLLM's
     OpenMP threads and torch's intra-op threads default to every CPU this process may use; a transformers pool's
     ``num_threads`` caps it), a starting one about one core (loading weights, warming up). ``cores`` (default: those
-    CPUs) is the budget they share; the threads a replica runs are still the CPUs it sees, whatever the budget."""
+    CPUs) is the budget they share; the threads a replica runs are still the CPUs it sees, whatever the budget. A
+    pool's ``busy_cores`` (measured: scripts/bench_shared_cores.py) replaces the thread count: a replica's threads
+    are not all busy all the time."""
     cpus = float(len(os.sched_getaffinity(0)))
     total = float(cores) if cores is not None else cpus
     threads = min(total, cpus)
-    busy = {name: min(threads, float(p.num_threads)) if p.engine == "transformers" and p.num_threads else threads
+    busy = {name: p.busy_cores if p.busy_cores is not None else
+            min(threads, float(p.num_threads)) if p.engine == "transformers" and p.num_threads else threads
             for name, p in config.pools.items()}
     return SharedCores(total, busy, {name: min(total, 1.0) for name in config.pools}, name="local")
 

@@ -9,7 +9,12 @@ the pool split (percentage points), checks them against the goals (25%, 15%, 10 
 controller's decisions on the live run's shared cores (replicas, cores, what it refused to add and why). Writes
 everything as JSON.
 
+Profiles are machine-specific: simulate with the profile of the machine the live half ran on
+(`scripts/bench_profile.py`, then `--profile edge=PATH`). `--live-from DIR` re-simulates the live halves of an
+earlier run (its DIR/SLICE-shared.json) without starting `elo run`.
+
 Usage: .venv/bin/python scripts/bench_sim2real.py [--out bench-results/sim2real] [--slices burst,steady]
+       [--profile POOL=PATH ...] [--live-from DIR]
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ BIN = Path(sys.executable).parent
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
 SIM_CONFIG = ROOT / "orchestrator" / "sim" / "default_sim.yaml"
 # (first trace row, rate scale): rows 63.. are the trace's first burst (741 requests in 120 s, 10 s peaks of
-# 14 rps); rows 5740.. a calmer stretch (287 requests in 120 s). Scaled to rates the 2-core machine carries.
-SLICES = {"burst": (63, 0.2), "steady": (5740, 0.5)}
+# 14 rps); rows 5740.. a calmer stretch (287 requests in 120 s). Scaled to rates the 2-core machine carries;
+# "burst-heavy" is the burst at a rate that makes the controller scale on the shared cores.
+SLICES = {"burst": (63, 0.2), "steady": (5740, 0.5), "burst-heavy": (63, 0.5)}
 GOALS = {"latency_rel": 0.25, "replica_seconds_rel": 0.15, "split_pp": 10.0}
 
 
@@ -43,16 +49,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def independent_sim_config(out_dir: Path) -> Path:
-    """The default sim config without its shared machine, profile paths made absolute."""
-    doc = yaml.safe_load(SIM_CONFIG.read_text(encoding="utf-8"))
-    doc["machines"] = {}
-    for pool in doc["pools"].values():
-        if isinstance(pool.get("profile"), str):
-            pool["profile"] = str((SIM_CONFIG.parent / pool["profile"]).resolve())
-    path = out_dir / "sim-independent.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
+def sim_configs(out_dir: Path, profiles: dict[str, str], busy_cores: dict[str, str]) -> tuple[Path, Path]:
+    """The default sim config (shared cores) and the same without its shared machine (independent replicas),
+    profile paths made absolute and replaced by ``profiles`` (pool -> path) where given, the shared machine's
+    ``busy_cores`` by ``busy_cores`` (pool -> cores, e.g. fitted by scripts/bench_shared_cores.py)."""
+    paths = []
+    for tag in ("shared", "independent"):
+        doc = yaml.safe_load(SIM_CONFIG.read_text(encoding="utf-8"))
+        if tag == "independent":
+            doc["machines"] = {}
+        for machine in doc.get("machines", {}).values():
+            for name, cores in busy_cores.items():
+                machine["pools"][name]["busy_cores"] = float(cores)
+        for name, pool in doc["pools"].items():
+            if name in profiles:
+                pool["profile"] = str(Path(profiles[name]).resolve())
+            elif isinstance(pool.get("profile"), str):
+                pool["profile"] = str((SIM_CONFIG.parent / pool["profile"]).resolve())
+        path = out_dir / f"sim-{tag}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def rel(live: float | None, sim: float | None) -> float | None:
@@ -99,15 +116,13 @@ def shared_core_decisions(path: Path, since_unix_s: float) -> list[dict[str, Any
     return out
 
 
-def sim2real(url: str, slice_name: str, out_dir: Path, tokenizer: Path, sim_config: Path | None,
+def sim2real(url: str, slice_name: str, out_dir: Path, tokenizer: Path, sim_config: Path, tag: str,
              live_json: Path | None) -> dict[str, Any]:
     start, rate = SLICES[slice_name]
-    tag = "independent" if sim_config else "shared"
     out = out_dir / f"{slice_name}-{tag}.json"
     cmd = [str(BIN / "elo"), "sim2real", "--trace", str(TRACE), "--trace-start", str(start), "--slice-s", "120",
-           "--rate-scale", str(rate), "--endpoint", url, "--tokenizer", str(tokenizer), "--out", str(out)]
-    if sim_config:
-        cmd += ["--sim-config", str(sim_config)]
+           "--rate-scale", str(rate), "--endpoint", url, "--tokenizer", str(tokenizer), "--out", str(out),
+           "--sim-config", str(sim_config)]
     if live_json:
         cmd += ["--live-json", str(live_json)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
@@ -121,14 +136,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "sim2real"))
     ap.add_argument("--slices", default="burst,steady", help="Comma-separated: " + ", ".join(SLICES))
+    ap.add_argument("--profile", action="append", default=[], metavar="POOL=PATH",
+                    help="Simulate POOL with this profile (one measured on this machine)")
+    ap.add_argument("--busy-cores", action="append", default=[], metavar="POOL=CORES",
+                    help="Simulate the shared machine with this busy_cores for POOL (scripts/bench_shared_cores.py)")
+    ap.add_argument("--live-from", default=None, metavar="DIR", help="Reuse the live halves of an earlier run")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    shared_cfg, independent = sim_configs(out_dir, dict(p.split("=", 1) for p in args.profile),
+                                          dict(b.split("=", 1) for b in args.busy_cores))
+    tokenizer = Path(subprocess.run([str(BIN / "elo"), "model", "build"], capture_output=True, text=True,
+                                    check=True).stdout.strip().splitlines()[-1].split()[-1])
+    result: dict[str, Any] = {"trace": str(TRACE), "goals": GOALS, "profiles": args.profile,
+                              "busy_cores": args.busy_cores, "slices": {}}
+    if args.live_from:
+        for name in args.slices.split(","):
+            live = Path(args.live_from) / f"{name}-shared.json"
+            shared = sim2real("http://127.0.0.1:1", name, out_dir, tokenizer, shared_cfg, "shared", live)
+            before = sim2real("http://127.0.0.1:1", name, out_dir, tokenizer, independent, "independent", live)
+            result["slices"][name] = {"params": shared["params"], "before_independent_model": figures(before),
+                                      "after_shared_cores_model": figures(shared), "controller_on_shared_cores": []}
+        report(result, out_dir)
+        return
     state_dir = out_dir / "controller"
     for f in state_dir.glob("*"):  # fresh controller state: the shipped policy from its start
         f.unlink()
-    tokenizer = Path(subprocess.run([str(BIN / "elo"), "model", "build"], capture_output=True, text=True,
-                                    check=True).stdout.strip().splitlines()[-1].split()[-1])
     port = free_port()
     log = out_dir / "elo-run.log"
     proc = subprocess.Popen([str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()),
@@ -136,17 +169,16 @@ def main() -> None:
                              "--state-dir", str(state_dir)], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     url = f"http://127.0.0.1:{port}"
-    result: dict[str, Any] = {"trace": str(TRACE), "goals": GOALS, "slices": {}}
     try:
         while "Serving" not in log.read_text():
             if proc.poll() is not None:
                 raise SystemExit(f"elo run exited: {log.read_text()[-2000:]}")
             time.sleep(1)
-        independent = independent_sim_config(out_dir)
         for name in args.slices.split(","):
             t0 = time.time()
-            shared = sim2real(url, name, out_dir, tokenizer, None, None)
-            before = sim2real(url, name, out_dir, tokenizer, independent, out_dir / f"{name}-shared.json")
+            shared = sim2real(url, name, out_dir, tokenizer, shared_cfg, "shared", None)
+            before = sim2real(url, name, out_dir, tokenizer, independent, "independent",
+                              out_dir / f"{name}-shared.json")
             result["slices"][name] = {
                 "params": shared["params"], "before_independent_model": figures(before),
                 "after_shared_cores_model": figures(shared),
@@ -158,6 +190,10 @@ def main() -> None:
                 proc.wait(300)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+    report(result, out_dir)
+
+
+def report(result: dict[str, Any], out_dir: Path) -> None:
     for name, s in result["slices"].items():
         for model in ("before_independent_model", "after_shared_cores_model"):
             f = s[model]

@@ -65,6 +65,16 @@ def test_the_local_backend_machine_is_this_process_cpus_or_the_given_cores():
     m = local_machine(config, cores=16)
     assert (m.cores, dict(m.busy_cores)) == (16.0, {"cloud": cpus, "edge": 1.0})
     assert local_machine(config).cores == cpus
+    # Measured busy cores (scripts/bench_shared_cores.py) replace the thread counts: on 2 cores, one edge replica
+    # at 1.41 leaves room, so a second one adds capacity (2 x 2 / 2.82 = 1.42 replicas' worth), as measured live.
+    fitted = AppConfig.model_validate({"pools": {"cloud": {"engine": "vllm", "busy_cores": 1.89},
+                                                 "edge": {"engine": "transformers", "busy_cores": 1.41}}})
+    m = local_machine(fitted, cores=2)
+    assert dict(m.busy_cores) == {"cloud": 1.89, "edge": 1.41}
+    assert m.capacity_rps({"edge": 2}, {"edge": 1.0}) == pytest.approx(2 * 2 / 2.82)
+    threads = AppConfig.model_validate({"pools": {"cloud": {"engine": "vllm"}, "edge": {"engine": "transformers"}}})
+    if cpus >= 2:  # by thread count, a second replica on 2 cores adds nothing
+        assert local_machine(threads, cores=2).capacity_rps({"edge": 2}, {"edge": 1.0}) == pytest.approx(1.0)
 
 
 # --- the simulator ---------------------------------------------------------------------------------------------
