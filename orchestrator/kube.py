@@ -222,7 +222,7 @@ def run_until_signalled(controller: Controller, policy_path: Path | None, groups
              controller.policy_file.tick_interval_s, metrics_port or "off")
     release = getattr(controller.scaler, "release_pools_deployed_at_zero", None)
     if release is not None:  # alongside the loop (the Serve app may take minutes to appear), once
-        threading.Thread(target=_until_done, args=(lambda: release(list(controller.policy_file.pools)), stop),
+        threading.Thread(target=_until_done, args=(lambda: release(releasable_at_zero(controller)), stop),
                          name="elo-release-zero", daemon=True).start()
     try:
         controller.run(stop)
@@ -235,6 +235,13 @@ def run_until_signalled(controller: Controller, policy_path: Path | None, groups
         close = getattr(controller.scaler, "close", None)
         if close is not None:
             close()
+
+
+def releasable_at_zero(controller: Controller) -> list[str]:
+    """The pools whose one replica Serve deployed for ``replicas: 0`` may be set to zero at start: those this
+    controller's restored state never resized. A controller restarted while it cold-starts a pool (its replica not
+    ready yet) must not take that replica back."""
+    return [p for p in controller.policy_file.pools if not controller.sized_before(p)]
 
 
 def _until_done(step: Callable[[], list[str]], stop: threading.Event, every_s: float = 5.0,

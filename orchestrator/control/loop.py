@@ -118,6 +118,11 @@ class Controller:
         self.last_plan: ScalePlan | None = None
         self.hold_log_every_s = hold_log_every_s
 
+    def sized_before(self, pool: str) -> bool:
+        """Whether this controller, or the one whose state it restored, ever resized ``pool``."""
+        timers = self.state.timers.get(pool)
+        return timers is not None and timers.last_change_s is not None
+
     def reload(self, policy_file: PolicyFile) -> None:
         """Swap in a new, already validated policy file; the state (timers, averages) carries over."""
         self.policy = build_policy(policy_file)

@@ -34,6 +34,7 @@ from orchestrator.kube import (
     build_kuberay_controller,
     controller_command,
     parse_groups,
+    releasable_at_zero,
     reloader,
     run_until_signalled,
 )
@@ -195,6 +196,65 @@ def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero
     # Every call on the wire is one the chart's Role grants (REQUIRED_ACCESS), and each of those was used.
     used = {(r.resource.group, r.resource.plural, _verb(r)) for r in kube.requests() if r.resource is not None}
     assert used == set(REQUIRED_ACCESS) - {("ray.io", "rayservices", "get")}, used  # this test names the RayCluster
+
+
+def test_a_controller_restarted_mid_cold_start_keeps_the_pool_it_is_starting(kube, tmp_path):
+    """`elo controller` restarted (a new pod, the same state) while the cloud pool cold-starts from zero: its
+    start-up step that sets pools deployed at zero back to zero must leave the starting pool alone, and the cold
+    start goes on to a ready replica that serves."""
+    clocks = Clocks()
+    kube.call(lambda api: (api.put(RAYCLUSTERS, NS, raycluster("elo", worker_group("cloud-gpu", 0, 0, 2),
+                                                                worker_group("edge-cpu", 1, 1, 3))),
+                           api.put(PODS, NS, make_pod("elo-edge-cpu-worker-000", "elo", "edge-cpu", WALL0 - 600,
+                                                      WALL0 - 590, ip="10.0.1.1"))))
+    operator = FakeKubeRay(kube, "elo", clocks.wall, {"cloud-gpu": 40.0, "edge-cpu": 8.0})
+    serve = SimulatedServe(operator.pods, GROUPS, APP_CONFIG, clock=clocks.clock, wall_clock=clocks.wall,
+                           replica_startup_s={"cloud": 20.0, "edge": 5.0})
+    serve.run_on("edge", "elo-edge-cpu-worker-000", "10.0.1.1")
+    router = SimulatedRouter(serve, APP_CONFIG, clock=clocks.clock)
+    policy = PolicyFile.default()
+    with head_server(serve, router) as head:
+        def start():
+            return build_kuberay_controller(
+                policy, api_client=kube.api_client(), namespace=NS, groups=GROUPS, router_url=head.router_url,
+                dashboard_url=head.dashboard_url, state_dir=tmp_path, raycluster="elo", clock=clocks.clock,
+                wall_clock=clocks.wall, retry=RetryPolicy(backoff_s=0.0))
+
+        def tick(controller) -> None:
+            operator.reconcile()
+            serve.reconcile()
+            assert controller.tick() is not None
+            clocks.now += policy.tick_interval_s
+
+        first = start()
+        try:
+            assert first.scaler.release_pools_deployed_at_zero(releasable_at_zero(first)) == ["cloud"]
+            router.load(concurrent=32, arrival_rps=5.0)
+            for _ in range(200):  # until the controller asked for a cloud replica
+                tick(first)
+                if serve.target("cloud") >= 1:
+                    break
+            assert serve.target("cloud") >= 1 and serve.states("cloud").get("RUNNING", 0) == 0  # cold-starting
+        finally:
+            first.scaler.close()
+            first.routing.client.close()
+        restarted = start()
+        try:
+            assert restarted.sized_before("cloud")
+            assert restarted.scaler.release_pools_deployed_at_zero(releasable_at_zero(restarted)) == []
+            targets = []
+            for _ in range(int(120 / policy.tick_interval_s)):
+                tick(restarted)
+                targets.append(serve.target("cloud"))
+        finally:
+            restarted.scaler.close()
+            restarted.routing.client.close()
+    assert min(targets) >= 1, targets  # never taken back while it started
+    assert serve.states("cloud").get("RUNNING", 0) >= 1 and router.pools()["pools"]["cloud"]["running"] > 0
+    # What decides is the restored state: a controller without it would offer the pool to the release step.
+    assert "cloud" in releasable_at_zero(
+        type(restarted)(policy, restarted.metrics, restarted.scaler, restarted.backend, restarted.routing,
+                        clock=clocks.clock))
 
 
 def _verb(request) -> str:
