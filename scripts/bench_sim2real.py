@@ -1,7 +1,7 @@
 """Sim-to-real benchmark: two short slices of the public trace, live against `elo run` and in the simulator.
 
-Starts `elo run` (the embedded default: shipped app config and policy, fresh controller state) and replays each
-slice with `elo sim2real` (live, then the simulator from the same starting pools). Each slice's live half is
+Starts `elo run` per slice (the embedded default: shipped app config and policy, fresh controller state) and
+replays the slice with `elo sim2real` (live, then the simulator from the same starting pools). Each slice's live half is
 then simulated once more with the shared-core model switched off (`machines: {}`: every replica independent
 capacity, as before the model existed), so one live run gives the table before and after. Prints, per slice and
 model, live vs simulated TTFT/E2E p50/p95 (relative error), ready replica-seconds per pool (relative error) and
@@ -38,8 +38,8 @@ TRACE = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
 SIM_CONFIG = ROOT / "orchestrator" / "sim" / "default_sim.yaml"
 # (first trace row, rate scale): rows 63.. are the trace's first burst (741 requests in 120 s, 10 s peaks of
 # 14 rps); rows 5740.. a calmer stretch (287 requests in 120 s). Scaled to rates the 2-core machine carries;
-# "burst-heavy" is the burst at a rate that makes the controller scale on the shared cores.
-SLICES = {"burst": (63, 0.2), "steady": (5740, 0.5), "burst-heavy": (63, 0.5)}
+# "burst-heavy" and "burst-peak" are the burst at half and full rate (peaks of 7 and 14 rps).
+SLICES = {"burst": (63, 0.2), "steady": (5740, 0.5), "burst-heavy": (63, 0.5), "burst-peak": (63, 1.0)}
 GOALS = {"latency_rel": 0.25, "replica_seconds_rel": 0.15, "split_pp": 10.0}
 
 
@@ -116,6 +116,22 @@ def shared_core_decisions(path: Path, since_unix_s: float) -> list[dict[str, Any
     return out
 
 
+def live_config(out_dir: Path, busy_cores: dict[str, str]) -> list[str]:
+    """`elo run` arguments: the embedded default, with ``busy_cores`` (pool -> cores) in its app config when given,
+    so that the live controller assumes what the simulated one does."""
+    if not busy_cores:
+        return []
+    sys.path.insert(0, str(ROOT))
+    from deployments.config import AppConfig
+
+    doc = AppConfig().model_dump(mode="json")
+    for name, cores in busy_cores.items():
+        doc["pools"][name]["busy_cores"] = float(cores)
+    path = out_dir / "app.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return ["--config", str(path)]
+
+
 def sim2real(url: str, slice_name: str, out_dir: Path, tokenizer: Path, sim_config: Path, tag: str,
              live_json: Path | None) -> dict[str, Any]:
     start, rate = SLICES[slice_name]
@@ -139,13 +155,14 @@ def main() -> None:
     ap.add_argument("--profile", action="append", default=[], metavar="POOL=PATH",
                     help="Simulate POOL with this profile (one measured on this machine)")
     ap.add_argument("--busy-cores", action="append", default=[], metavar="POOL=CORES",
-                    help="Simulate the shared machine with this busy_cores for POOL (scripts/bench_shared_cores.py)")
+                    help="This busy_cores for POOL (scripts/bench_shared_cores.py), in the simulated machine and "
+                    "in the live run's app config (pools.POOL.busy_cores)")
     ap.add_argument("--live-from", default=None, metavar="DIR", help="Reuse the live halves of an earlier run")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shared_cfg, independent = sim_configs(out_dir, dict(p.split("=", 1) for p in args.profile),
-                                          dict(b.split("=", 1) for b in args.busy_cores))
+    busy = dict(b.split("=", 1) for b in args.busy_cores)
+    shared_cfg, independent = sim_configs(out_dir, dict(p.split("=", 1) for p in args.profile), busy)
     tokenizer = Path(subprocess.run([str(BIN / "elo"), "model", "build"], capture_output=True, text=True,
                                     check=True).stdout.strip().splitlines()[-1].split()[-1])
     result: dict[str, Any] = {"trace": str(TRACE), "goals": GOALS, "profiles": args.profile,
@@ -160,21 +177,21 @@ def main() -> None:
         report(result, out_dir)
         return
     state_dir = out_dir / "controller"
-    for f in state_dir.glob("*"):  # fresh controller state: the shipped policy from its start
-        f.unlink()
-    port = free_port()
-    log = out_dir / "elo-run.log"
-    proc = subprocess.Popen([str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()),
-                             "--metrics-port", "0",
-                             "--state-dir", str(state_dir)], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while "Serving" not in log.read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"elo run exited: {log.read_text()[-2000:]}")
-            time.sleep(1)
-        for name in args.slices.split(","):
+    for name in args.slices.split(","):  # each slice on a fresh `elo run`: the simulation starts fresh too
+        for f in state_dir.glob("*"):  # fresh controller state: the shipped policy from its start
+            f.unlink()
+        port = free_port()
+        log = out_dir / f"elo-run-{name}.log"
+        proc = subprocess.Popen([str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()),
+                                 "--metrics-port", "0", *live_config(out_dir, busy),
+                                 "--state-dir", str(state_dir)], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            while "Serving" not in log.read_text():
+                if proc.poll() is not None:
+                    raise SystemExit(f"elo run exited: {log.read_text()[-2000:]}")
+                time.sleep(1)
             t0 = time.time()
             shared = sim2real(url, name, out_dir, tokenizer, shared_cfg, "shared", None)
             before = sim2real(url, name, out_dir, tokenizer, independent, "independent",
@@ -183,13 +200,13 @@ def main() -> None:
                 "params": shared["params"], "before_independent_model": figures(before),
                 "after_shared_cores_model": figures(shared),
                 "controller_on_shared_cores": shared_core_decisions(state_dir / "decisions.jsonl", t0)}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(300)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(300)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
     report(result, out_dir)
 
 
