@@ -23,9 +23,13 @@ _CARRIED = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequ
 
 def resumable(data: dict[str, Any]) -> str | None:
     """Why a stream of this request cannot be continued elsewhere (None: it can). A continuation is a plain
-    completion of one sequence: several choices, tool calls, structured output and logprobs do not carry over."""
+    completion of one sequence: several choices or prompts, tool calls, structured output and logprobs do not carry
+    over."""
     if int(data.get("n") or 1) > 1:
         return "n > 1"
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int):
+        return "several prompts"
     for name in ("tools", "response_format", "logprobs", "echo"):
         if data.get(name) not in (None, False, [], {"type": "text"}):
             return name

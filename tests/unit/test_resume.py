@@ -38,6 +38,8 @@ def test_only_one_plain_sequence_is_resumable():
     assert resumable({"response_format": {"type": "text"}}) is None
     assert resumable({"logprobs": True}) == "logprobs"
     assert resumable({"echo": True}) == "echo"
+    assert resumable({"prompt": ["a", "b"]}) == "several prompts"
+    assert resumable({"prompt": [1, 2, 3]}) is None and resumable({"prompt": [[1, 2]]}) is None
 
 
 def test_the_continuation_completes_the_prompt_and_the_streamed_tokens_with_the_same_sampling():
