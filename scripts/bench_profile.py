@@ -13,23 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from local_run import BIN, ROOT, demo_tokenizer, elo_run
+
 NAMES = {"edge": "transformers CPU replica (CPUReplica), elo demo model, float32",
          "cloud": "vLLM CPU build (VLLMReplica, enforce_eager), elo demo model, float32"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_model() -> str:
@@ -51,39 +42,24 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     levels = [int(c) for c in (args.concurrency or ("1,2,4,8" if args.pool == "edge" else "1,4,8,16")).split(",")]
     prompts = [int(p) for p in args.prompts.split(",")]
-    tokenizer = subprocess.run([str(BIN / "elo"), "model", "build"], capture_output=True, text=True,
-                               check=True).stdout.strip().splitlines()[-1].split()[-1]
+    tokenizer = demo_tokenizer()
     config = out / "app.yaml"
     config.write_text(f"router:\n  slo_class_preferences: {{profile: {args.pool}}}\n", encoding="utf-8")
-    port, log = free_port(), out / "elo-run.log"
-    proc = subprocess.Popen([str(BIN / "elo"), "run", "--no-controller", "--port", str(port), "--metrics-port", "0",
-                             "--dashboard-port", str(free_port()), "--config", str(config),
-                             "--state-dir", str(out / "state")], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     runs, started = [], time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-    try:
-        while "Serving" not in log.read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"elo run exited: {log.read_text()[-2000:]}")
-            time.sleep(1)
+    run_args = ["--no-controller", "--config", str(config), "--state-dir", str(out / "state")]
+    with elo_run(run_args, out / "elo-run.log") as (url, _):
         time.sleep(10)  # let the replicas settle (vLLM warms up after it reports ready)
         for c in levels:
             for p in prompts:
                 time.sleep(6)
                 run = out / f"{args.pool}-c{c}-p{p}.json"
-                subprocess.run([str(BIN / "elo"), "bench", "serve", "--url", f"http://127.0.0.1:{port}/v1",
+                subprocess.run([str(BIN / "elo"), "bench", "serve", "--url", f"{url}/v1",
                                 "-n", str(max(24, 6 * c)), "-c", str(c), "--prompt-tokens", str(p),
                                 "--output-tokens", str(args.output_tokens), "--endpoint", "completions",
                                 "--tokenizer", tokenizer, "--deadline-s", "300", "--records", "--out", str(run),
                                 "-H", "x-slo-class:profile"], check=True, capture_output=True, text=True)
                 runs.append(run)
                 print(f"{args.pool}: concurrency {c}, prompt {p}: {run}", flush=True)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(300)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
     name = f"{NAMES[args.pool]}, {os.cpu_count()}-vCPU {cpu_model()}"
     profile = out / f"{args.pool}.yaml"
     fit = subprocess.run([str(BIN / "elo"), "bench", "profile", *map(str, runs), "--pool", args.pool,

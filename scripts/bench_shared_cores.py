@@ -18,65 +18,47 @@ Usage: .venv/bin/python scripts/bench_shared_cores.py [--out bench-results/share
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from local_run import BIN, ROOT, demo_tokenizer, elo_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(ROOT))
 from deployments.config import AppConfig  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@dataclass
 class Run:
-    """`elo run --no-controller` with an app config, stopped with SIGINT."""
+    """One `elo run --no-controller` and the bench runs against it."""
 
-    def __init__(self, out: Path, name: str, config: str):
-        self.out, self.name = out, name
+    out: Path
+    name: str
+    url: str
+
+    @classmethod
+    @contextlib.contextmanager
+    def of(cls, out: Path, name: str, config: str) -> Iterator[Run]:
         cfg = out / f"{name}.app.yaml"
         cfg.write_text(config, encoding="utf-8")
-        self.port, self.log = free_port(), out / f"{name}.elo-run.log"
-        self.proc = subprocess.Popen(
-            [str(BIN / "elo"), "run", "--no-controller", "--port", str(self.port), "--metrics-port", "0",
-             "--dashboard-port", str(free_port()), "--config", str(cfg), "--state-dir", str(out / f"{name}.state")],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-
-    def __enter__(self) -> Run:
-        while "Serving" not in self.log.read_text():
-            if self.proc.poll() is not None:
-                raise SystemExit(f"elo run exited: {self.log.read_text()[-2000:]}")
-            time.sleep(1)
-        time.sleep(10)  # let the replicas settle
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(300)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        args = ["--no-controller", "--config", str(cfg), "--state-dir", str(out / f"{name}.state")]
+        with elo_run(args, out / f"{name}.elo-run.log") as (url, _):
+            time.sleep(10)  # let the replicas settle
+            yield cls(out, name, url)
 
     def bench(self, label: str, slo_class: str, concurrency: int, seconds: float, tokenizer: str) -> subprocess.Popen:
         path = self.out / f"{self.name}-{label}.json"
         return subprocess.Popen(
             # more requests than the deadline lets through (about 4 per second per request in flight here)
-            [str(BIN / "elo"), "bench", "serve", "--url", f"http://127.0.0.1:{self.port}/v1",
+            [str(BIN / "elo"), "bench", "serve", "--url", f"{self.url}/v1",
              "-n", str(int(8 * concurrency * seconds)),
              "-c", str(concurrency), "--prompt-tokens", "256", "--output-tokens", "64", "--endpoint", "completions",
              "--tokenizer", tokenizer, "--deadline-s", str(seconds), "--out", str(path), "-H",
@@ -105,17 +87,16 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = subprocess.run([str(BIN / "elo"), "model", "build"], capture_output=True, text=True,
-                               check=True).stdout.strip().splitlines()[-1].split()[-1]
+    tokenizer = demo_tokenizer()
     c, s = args.concurrency, args.seconds
     prefs = "router:\n  slo_class_preferences: {e: edge, c: cloud}\n"
     two_edge = AppConfig().model_dump(mode="json")  # the embedded default, with two edge replicas
     two_edge["pools"]["edge"]["replicas"] = 2
     two_edge["router"]["slo_class_preferences"] = {"e": "edge", "c": "cloud"}
-    with Run(out, "one-each", prefs) as run:
+    with Run.of(out, "one-each", prefs) as run:
         alone = {**measure(run, {"edge": ("e", c)}, s, tokenizer), **measure(run, {"cloud": ("c", c)}, s, tokenizer)}
         both = measure(run, {"edge": ("e", c), "cloud": ("c", c)}, s, tokenizer)
-    with Run(out, "two-edge", yaml.safe_dump(two_edge, sort_keys=False)) as run:
+    with Run.of(out, "two-edge", yaml.safe_dump(two_edge, sort_keys=False)) as run:
         two = measure(run, {"edge": ("e", 2 * c)}, s, tokenizer)
     cores = float(len(os.sched_getaffinity(0)))
     tps = {k: v["output_tokens_per_s"] for k, v in alone.items()}

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from local_run import BIN, ROOT, demo_tokenizer, elo_run
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
 SIM_CONFIG = ROOT / "orchestrator" / "sim" / "default_sim.yaml"
 # (first trace row, rate scale): rows 63.. are the trace's first burst (741 requests in 120 s, 10 s peaks of
@@ -41,12 +37,6 @@ SIM_CONFIG = ROOT / "orchestrator" / "sim" / "default_sim.yaml"
 # "burst-heavy" and "burst-peak" are the burst at half and full rate (peaks of 7 and 14 rps).
 SLICES = {"burst": (63, 0.2), "steady": (5740, 0.5), "burst-heavy": (63, 0.5), "burst-peak": (63, 1.0)}
 GOALS = {"latency_rel": 0.25, "replica_seconds_rel": 0.15, "split_pp": 10.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sim_configs(out_dir: Path, profiles: dict[str, str], busy_cores: dict[str, str]) -> tuple[Path, Path]:
@@ -163,8 +153,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     busy = dict(b.split("=", 1) for b in args.busy_cores)
     shared_cfg, independent = sim_configs(out_dir, dict(p.split("=", 1) for p in args.profile), busy)
-    tokenizer = Path(subprocess.run([str(BIN / "elo"), "model", "build"], capture_output=True, text=True,
-                                    check=True).stdout.strip().splitlines()[-1].split()[-1])
+    tokenizer = Path(demo_tokenizer())
     result: dict[str, Any] = {"trace": str(TRACE), "goals": GOALS, "profiles": args.profile,
                               "busy_cores": args.busy_cores, "slices": {}}
     if args.live_from:
@@ -180,18 +169,8 @@ def main() -> None:
     for name in args.slices.split(","):  # each slice on a fresh `elo run`: the simulation starts fresh too
         for f in state_dir.glob("*"):  # fresh controller state: the shipped policy from its start
             f.unlink()
-        port = free_port()
-        log = out_dir / f"elo-run-{name}.log"
-        proc = subprocess.Popen([str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()),
-                                 "--metrics-port", "0", *live_config(out_dir, busy),
-                                 "--state-dir", str(state_dir)], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            while "Serving" not in log.read_text():
-                if proc.poll() is not None:
-                    raise SystemExit(f"elo run exited: {log.read_text()[-2000:]}")
-                time.sleep(1)
+        with elo_run([*live_config(out_dir, busy), "--state-dir", str(state_dir)],
+                     out_dir / f"elo-run-{name}.log") as (url, _):
             t0 = time.time()
             shared = sim2real(url, name, out_dir, tokenizer, shared_cfg, "shared", None)
             before = sim2real(url, name, out_dir, tokenizer, independent, "independent",
@@ -200,13 +179,6 @@ def main() -> None:
                 "params": shared["params"], "before_independent_model": figures(before),
                 "after_shared_cores_model": figures(shared),
                 "controller_on_shared_cores": shared_core_decisions(state_dir / "decisions.jsonl", t0)}
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(300)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
     report(result, out_dir)
 
 

@@ -13,24 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from local_run import ROOT, elo_run
 
 
 async def one(client: httpx.AsyncClient, url: str, tokens: int, started: asyncio.Event, counter: list[int],
@@ -93,27 +82,11 @@ def main() -> None:
     ap.add_argument("--config", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "drain.json"))
     args = ap.parse_args()
-    port = free_port()
-    log = Path(args.out).with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()), "--no-controller",
-           "--metrics-port", "0"]
-    if args.config:
-        cmd += ["--config", args.config]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while "Serving" not in log.read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"elo run exited: {log.read_text()[-2000:]}")
-            time.sleep(1)
+    config = ["--config", args.config] if args.config else []
+    with elo_run(["--no-controller", *config], Path(args.out).with_suffix(".log"), stop_timeout_s=0) as (url, proc):
         result = asyncio.run(drive(url, args.streams, args.tokens, proc))
         proc.wait(600)
         result["elo_run_exit_code"] = proc.returncode
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

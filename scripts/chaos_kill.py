@@ -7,7 +7,10 @@ at --concurrency, and once --kill-after of its streams are mid-answer sends SIGK
 error event), cut (the connection closed mid-stream) or refused (429/503 before it started); a complete one is
 "identical" when its text is the reference's. Prints the counts and writes JSON.
 
-Usage: .venv/bin/python scripts/chaos_kill.py --pool edge|cloud [--streams 96] [--concurrency 24] [--tokens 900]
+`--pool router` kills the router replica instead: the endpoint is down until Serve restarts it (it prints when
+/healthz answered again).
+
+Usage: .venv/bin/python scripts/chaos_kill.py --pool edge|cloud|router [--streams 96] [--concurrency 24] [--tokens 900]
        [--out bench-results/chaos-kill-POOL.json]
 """
 
@@ -18,30 +21,23 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+from local_run import ROOT, elo_run
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 HEADERS = {"x-slo-class": "chaos"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def replica_pids(pool: str) -> list[int]:
-    """Pids of the Serve replica processes of ``pool`` (Ray names them ray::ServeReplica:APP:pool-POOL)."""
+def replica_pids(target: str) -> list[int]:
+    """Pids of the Serve replica processes of a pool or of the router (Ray names them
+    ray::ServeReplica:APP:pool-POOL and ray::ServeReplica:APP:router)."""
+    deployment = "router" if target == "router" else f"pool-{target}"
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
     return [int(line.split()[0]) for line in out.splitlines()[1:]
-            if "ServeReplica" in line and f"pool-{pool}" in line]
+            if "ServeReplica" in line and line.split()[1].endswith(f":{deployment}")]
 
 
 async def one(client: httpx.AsyncClient, url: str, tokens: int, mid: dict[str, int],
@@ -88,12 +84,23 @@ async def drive(url: str, pool: str, streams: int, concurrency: int, tokens: int
         gate = asyncio.Semaphore(concurrency)
         tasks = [asyncio.create_task(one(client, url, tokens, mid, gate)) for _ in range(streams)]
         # Kill once the pool has kill_after streams mid-answer (as the client reads them: the replica is ahead).
-        while mid.get(pool, 0) < kill_after and not all(t.done() for t in tasks):
+        def started() -> int:
+            return sum(mid.values()) if pool == "router" else mid.get(pool, 0)
+
+        while started() < kill_after and not all(t.done() for t in tasks):
             await asyncio.sleep(0.005)
         pids = replica_pids(pool)
         killed_at, in_flight = time.monotonic(), dict(mid)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
+        recovered_s = None
+        if pool == "router":  # the endpoint is down until Serve restarts the router replica
+            while recovered_s is None and time.monotonic() - killed_at < 600:
+                try:
+                    if (await client.get(f"{url}/healthz", timeout=2)).status_code == 200:
+                        recovered_s = round(time.monotonic() - killed_at, 1)
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.25)
         results = await asyncio.gather(*tasks)
     outcomes: dict[str, int] = {}
     for r in results:
@@ -112,13 +119,14 @@ async def drive(url: str, pool: str, streams: int, concurrency: int, tokens: int
             "identical_to_reference": sum(r["text"] == ref for r in complete), "mismatches": mismatches[:5],
             "served_by": {p: sum(r.get("pool") == p for r in results) for p in ("cloud", "edge")},
             "errors": sorted({r["error"] for r in results if r.get("error")})[:5],
-            "last_stream_after_kill_s": round(time.monotonic() - killed_at, 1),
+            "last_stream_after_kill_s": round(time.monotonic() - killed_at, 1), "endpoint_back_after_s": recovered_s,
             "reference_outcome": reference["outcome"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool", choices=["edge", "cloud"], required=True)
+    ap.add_argument("--pool", choices=["edge", "cloud", "router"], required=True,
+                    help="The pool whose replica is killed, or the router")
     ap.add_argument("--streams", type=int, default=96)
     ap.add_argument("--concurrency", type=int, default=24)
     ap.add_argument("--tokens", type=int, default=900)
@@ -128,28 +136,13 @@ def main() -> None:
     out = Path(args.out or ROOT / "bench-results" / f"chaos-kill-{args.pool}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     config = out.with_suffix(".app.yaml")
-    config.write_text(f"router:\n  slo_class_preferences: {{chaos: {args.pool}}}\n", encoding="utf-8")
-    port, log = free_port(), out.with_suffix(".log")
-    proc = subprocess.Popen([str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()),
-                             "--no-controller", "--metrics-port", "0", "--config", str(config)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while "Serving" not in log.read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"elo run exited: {log.read_text()[-2000:]}")
-            time.sleep(1)
+    prefer = "edge" if args.pool == "router" else args.pool
+    config.write_text(f"router:\n  slo_class_preferences: {{chaos: {prefer}}}\n", encoding="utf-8")
+    with elo_run(["--no-controller", "--config", str(config)], out.with_suffix(".log")) as (url, _):
         result = asyncio.run(drive(url, args.pool, args.streams, args.concurrency, args.tokens, args.kill_after))
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         result["router_metrics"] = [line for line in metrics.splitlines()
                                     if line.startswith(("elo_stream_resumes_total", "elo_retries_total"))]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(300)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
     print(json.dumps(result, indent=2))
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

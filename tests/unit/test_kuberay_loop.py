@@ -96,10 +96,9 @@ APP_CONFIG = AppConfig.model_validate({"pools": {"cloud": {"engine": "vllm", "re
                                        "router": {"fill_order": ["edge", "cloud"], "cold_start_wait_s": 240}})
 
 
-def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero(kube, tmp_path):
-    """`elo controller`'s wiring end to end: the Kubernetes API (kmock), the Ray dashboard's Serve API and the
-    router's control endpoints (tests.unit.ray_head) all over real HTTP, through a burst and an idle period."""
-    clocks = Clocks()
+def scale_to_zero_cluster(kube: KubeServer, clocks: Clocks) -> tuple[FakeKubeRay, SimulatedServe, SimulatedRouter]:
+    """The chart's scale-to-zero RayCluster in kmock (cloud group at 0, one edge pod running), its operator, Serve
+    with the edge replica on that pod, and the router in front of them."""
     kube.call(lambda api: (api.put(RAYCLUSTERS, NS, raycluster("elo", worker_group("cloud-gpu", 0, 0, 2),
                                                                 worker_group("edge-cpu", 1, 1, 3))),
                            api.put(PODS, NS, make_pod("elo-edge-cpu-worker-000", "elo", "edge-cpu", WALL0 - 600,
@@ -108,7 +107,14 @@ def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero
     serve = SimulatedServe(operator.pods, GROUPS, APP_CONFIG, clock=clocks.clock, wall_clock=clocks.wall,
                            replica_startup_s={"cloud": 20.0, "edge": 5.0})
     serve.run_on("edge", "elo-edge-cpu-worker-000", "10.0.1.1")
-    router = SimulatedRouter(serve, APP_CONFIG, clock=clocks.clock)
+    return operator, serve, SimulatedRouter(serve, APP_CONFIG, clock=clocks.clock)
+
+
+def test_a_burst_grows_the_cloud_worker_group_and_idleness_takes_it_back_to_zero(kube, tmp_path):
+    """`elo controller`'s wiring end to end: the Kubernetes API (kmock), the Ray dashboard's Serve API and the
+    router's control endpoints (tests.unit.ray_head) all over real HTTP, through a burst and an idle period."""
+    clocks = Clocks()
+    operator, serve, router = scale_to_zero_cluster(kube, clocks)
     policy = PolicyFile.default()
     with head_server(serve, router) as head:
         controller = build_kuberay_controller(
@@ -203,15 +209,7 @@ def test_a_controller_restarted_mid_cold_start_keeps_the_pool_it_is_starting(kub
     start-up step that sets pools deployed at zero back to zero must leave the starting pool alone, and the cold
     start goes on to a ready replica that serves."""
     clocks = Clocks()
-    kube.call(lambda api: (api.put(RAYCLUSTERS, NS, raycluster("elo", worker_group("cloud-gpu", 0, 0, 2),
-                                                                worker_group("edge-cpu", 1, 1, 3))),
-                           api.put(PODS, NS, make_pod("elo-edge-cpu-worker-000", "elo", "edge-cpu", WALL0 - 600,
-                                                      WALL0 - 590, ip="10.0.1.1"))))
-    operator = FakeKubeRay(kube, "elo", clocks.wall, {"cloud-gpu": 40.0, "edge-cpu": 8.0})
-    serve = SimulatedServe(operator.pods, GROUPS, APP_CONFIG, clock=clocks.clock, wall_clock=clocks.wall,
-                           replica_startup_s={"cloud": 20.0, "edge": 5.0})
-    serve.run_on("edge", "elo-edge-cpu-worker-000", "10.0.1.1")
-    router = SimulatedRouter(serve, APP_CONFIG, clock=clocks.clock)
+    operator, serve, router = scale_to_zero_cluster(kube, clocks)
     policy = PolicyFile.default()
     with head_server(serve, router) as head:
         def start():
