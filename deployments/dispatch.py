@@ -176,10 +176,13 @@ class Dispatcher:
     def failed(self, pool: str, replica: Replica, e: Exception) -> None:
         """A replica failed a request it had begun to answer: release the request and keep the replica out of
         placement for the failure backoff."""
+        self._back_off(pool, replica)
+        log.warning("replica %s of pool %s failed mid-answer: %s", replica.replica_id, pool, e)
+
+    def _back_off(self, pool: str, replica: Replica) -> None:
         self.release(pool, replica)
         if replica.failed_until != math.inf:
             replica.failed_until = self.clock() + self.failure_backoff_s
-        log.warning("replica %s of pool %s failed mid-answer: %s", replica.replica_id, pool, e)
 
     def _acquire(self, pool: str, replica: Replica) -> None:
         p = self.pools[pool]
@@ -188,9 +191,7 @@ class Dispatcher:
         p.last_routed = self.clock()
 
     def _fail(self, pool: str, replica: Replica, e: Exception, attempt: int) -> None:
-        self.release(pool, replica)
-        if replica.failed_until != math.inf:
-            replica.failed_until = self.clock() + self.failure_backoff_s
+        self._back_off(pool, replica)
         log.warning("replica %s of pool %s failed before answering (attempt %d): %s", replica.replica_id, pool,
                     attempt, e)
         self.on_retry(pool)

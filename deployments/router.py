@@ -389,8 +389,8 @@ class Router:
                             yield events
                         status = 200
                         break
-                    except (Exception, asyncio.CancelledError) as e:
-                        if isinstance(e, asyncio.CancelledError) or attempt == self.config.router.stream_resumes:
+                    except Exception as e:  # a cancelled stream (the client left) is not resumed
+                        if attempt == self.config.router.stream_resumes:
                             raise
                         why = resumable(call.data)
                         if why is not None:

@@ -22,18 +22,13 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from local_run import BIN, ROOT, demo_tokenizer, elo_run
-
-sys.path.insert(0, str(ROOT))
-from deployments.config import AppConfig  # noqa: E402
+from local_run import BIN, ROOT, default_app_config, demo_tokenizer, elo_run
 
 
 @dataclass
@@ -90,13 +85,11 @@ def main() -> None:
     tokenizer = demo_tokenizer()
     c, s = args.concurrency, args.seconds
     prefs = "router:\n  slo_class_preferences: {e: edge, c: cloud}\n"
-    two_edge = AppConfig().model_dump(mode="json")  # the embedded default, with two edge replicas
-    two_edge["pools"]["edge"]["replicas"] = 2
-    two_edge["router"]["slo_class_preferences"] = {"e": "edge", "c": "cloud"}
+    two_edge = default_app_config({"edge": {"replicas": 2}}, {"slo_class_preferences": {"e": "edge", "c": "cloud"}})
     with Run.of(out, "one-each", prefs) as run:
         alone = {**measure(run, {"edge": ("e", c)}, s, tokenizer), **measure(run, {"cloud": ("c", c)}, s, tokenizer)}
         both = measure(run, {"edge": ("e", c), "cloud": ("c", c)}, s, tokenizer)
-    with Run.of(out, "two-edge", yaml.safe_dump(two_edge, sort_keys=False)) as run:
+    with Run.of(out, "two-edge", two_edge) as run:
         two = measure(run, {"edge": ("e", 2 * c)}, s, tokenizer)
     cores = float(len(os.sched_getaffinity(0)))
     tps = {k: v["output_tokens_per_s"] for k, v in alone.items()}

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from local_run import BIN, ROOT, demo_tokenizer, elo_run
+from local_run import BIN, ROOT, default_app_config, demo_tokenizer, elo_run
 
 TRACE = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
 SIM_CONFIG = ROOT / "orchestrator" / "sim" / "default_sim.yaml"
@@ -111,14 +110,8 @@ def live_config(out_dir: Path, busy_cores: dict[str, str]) -> list[str]:
     so that the live controller assumes what the simulated one does."""
     if not busy_cores:
         return []
-    sys.path.insert(0, str(ROOT))
-    from deployments.config import AppConfig
-
-    doc = AppConfig().model_dump(mode="json")
-    for name, cores in busy_cores.items():
-        doc["pools"][name]["busy_cores"] = float(cores)
     path = out_dir / "app.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    path.write_text(default_app_config({p: {"busy_cores": float(c)} for p, c in busy_cores.items()}), encoding="utf-8")
     return ["--config", str(path)]
 
 

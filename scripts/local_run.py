@@ -23,6 +23,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def default_app_config(pools: dict[str, dict] | None = None, router: dict | None = None) -> str:
+    """The embedded default's app config as YAML, with the given fields of its pools and router replaced (a
+    pool's fields cannot be given alone in an app config file: it would lack the rest)."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT))
+    from deployments.config import AppConfig
+
+    doc = AppConfig().model_dump(mode="json")
+    for name, fields in (pools or {}).items():
+        doc["pools"][name].update(fields)
+    doc["router"].update(router or {})
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def demo_tokenizer() -> str:
     """The demo model's folder (built on first use), which holds its tokenizer."""
     out = subprocess.run([str(BIN / "elo"), "model", "build"], capture_output=True, text=True, check=True).stdout

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -37,6 +38,7 @@ __all__ = [
     "RequestMix",
     "capacity_at_slo",
     "erlang_b",
+    "mean_context",
     "slots_for",
 ]
 
@@ -90,21 +92,20 @@ class ReplicaProfile(StrictModel):
     def ttft_overhead_s(self, n: float) -> float:
         return _interp(n, [p.concurrency for p in self.points], [p.ttft_overhead_s for p in self.points])
 
-    def tpot_s(self, n: float, context_tokens: float = 0.0) -> float:
-        """Seconds per output token at concurrency ``n`` with ``context_tokens`` of context (prompt + output so far)."""
-        xs = [p.concurrency for p in self.points]
-        base = _interp(n, xs, [p.tpot_s for p in self.points])
-        return base + context_tokens * self.tpot_s_per_context_token(n) if context_tokens else base
+    def tpot_s(self, n: float, context_tokens: Any = 0.0) -> Any:
+        """Seconds per output token at concurrency ``n`` with ``context_tokens`` of context (prompt + output so far;
+        a number or an array)."""
+        base = _interp(n, [p.concurrency for p in self.points], [p.tpot_s for p in self.points])
+        return base + context_tokens * self.tpot_s_per_context_token(n)
 
     def tpot_s_per_context_token(self, n: float) -> float:
         return _interp(n, [p.concurrency for p in self.points],
                        [p.tpot_s_per_context_token or 0.0 for p in self.points])
 
-    def decode_s(self, prompt_tokens: float, output_tokens: float, n: float) -> float:
-        """Seconds to decode the output tokens after the first at concurrency ``n``: their mean context is the
-        prompt plus half the output."""
-        rest = max(output_tokens - 1.0, 0.0)
-        return rest * self.tpot_s(n, prompt_tokens + output_tokens / 2.0)
+    def decode_s(self, prompt_tokens: Any, output_tokens: Any, n: float) -> Any:
+        """Seconds to decode the output tokens after the first at concurrency ``n`` (numbers or arrays)."""
+        rest = np.maximum(np.asarray(output_tokens, float) - 1.0, 0.0)
+        return rest * self.tpot_s(n, mean_context(prompt_tokens, output_tokens))
 
     def prefill_s_per_token(self, n: float) -> float:
         """Seconds per prompt token at concurrency ``n``: the points' own rates where given, else the profile's,
@@ -122,6 +123,11 @@ class ReplicaProfile(StrictModel):
     def ttft_s(self, prompt_tokens: float, n: float) -> float:
         """Predicted TTFT of a prompt at concurrency ``n`` (no prefill queue)."""
         return prompt_tokens * self.prefill_s_per_token(n) + self.ttft_overhead_s(n)
+
+
+def mean_context(prompt_tokens: Any, output_tokens: Any) -> Any:
+    """The mean context of a request's decode steps: output token j (2..out) reads the prompt and j - 1 outputs."""
+    return prompt_tokens + output_tokens / 2
 
 
 def _interp(n: float, xs: Sequence[int], ys: Sequence[float]) -> float:
@@ -251,13 +257,12 @@ def capacity_at_slo(profile: ReplicaProfile, mix: RequestMix, *, ttft_slo_s: flo
     corr = correction or Correction()
     ts, ps = corr.ttft_scale(prior_weight), corr.tpot_scale(prior_weight)
     prompts = np.asarray(mix.prompt_tokens, float)
-    outputs = np.maximum(np.asarray(mix.output_tokens, float) - 1.0, 0.0)
-    contexts = prompts + (outputs + 1.0) / 2.0  # the mean context of a request's decode steps
+    outputs = np.asarray(mix.output_tokens, float)
     limit = max(1, min(max_concurrency, profile.max_concurrency))
 
     def at(n: int) -> tuple[float, float, float]:
         ttft = (prompts * profile.prefill_s_per_token(n) + profile.ttft_overhead_s(n)) * ts
-        e2e = ttft + outputs * (profile.tpot_s(n) + profile.tpot_s_per_context_token(n) * contexts) * ps
+        e2e = ttft + profile.decode_s(prompts, outputs, n) * ps
         return float(np.quantile(ttft, quantile)), float(np.quantile(e2e, quantile)), float(e2e.mean())
 
     best: tuple[int, float, float, float] | None = None

@@ -38,6 +38,7 @@ from deployments.contract import fill_order, with_plan
 from deployments.routing import Outcome, RequestFeatures, RouteDecision, route
 from deployments.window import ServiceSample
 from orchestrator.bench.trace import TraceRequest
+from orchestrator.control.capacity import mean_context
 from orchestrator.control.config import PolicyFile, Slo
 from orchestrator.control.loop import Controller
 from orchestrator.control.policies import Policy
@@ -380,7 +381,7 @@ class Simulator:
         rep.prefill_free_s = done
         first = done + (self._p[idx] * curve.prefill_s_per_token[n] - busy + curve.overhead_s[n]) * slow
         out = self._o[idx]
-        end = first + curve.decode_s(out - 1, self._p[idx] + out / 2, n) * slow if out > 1 else first
+        end = first + curve.decode_s(out - 1, mean_context(self._p[idx], out), n) * slow if out > 1 else first
         self._schedule(first, _FIRST_TOKEN, idx, rep.pool)
         self._schedule(end, _FINISH, idx, rep)
 

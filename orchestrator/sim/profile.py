@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.control.capacity import ProfilePoint, ReplicaProfile
+from orchestrator.control.capacity import ProfilePoint, ReplicaProfile, mean_context
 from orchestrator.control.config import load_profile as _load_profile
 from orchestrator.sim._yaml import SimConfigError
 
@@ -67,7 +67,8 @@ class ServiceCurve:
                          n: int) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, E2E) of requests at concurrency ``n`` with no prefill queue (the capacity model of the bound)."""
         ttft = self.overhead_s[n] + prompt_tokens * self.prefill_s_per_token[n]
-        return ttft, ttft + self.decode_s(np.maximum(output_tokens - 1, 0), prompt_tokens + output_tokens / 2, n)
+        return ttft, ttft + self.decode_s(np.maximum(output_tokens - 1, 0), mean_context(prompt_tokens, output_tokens),
+                                          n)
 
 
 def load_profile(path: str | Path) -> ReplicaProfile:
