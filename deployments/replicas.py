@@ -58,6 +58,19 @@ class _Served:
         log.info("replica drained (%d requests cut)", left)
 
 
+CPU_KV_CACHE_GIB = "1"
+
+
+def _default_cpu_kv_cache() -> None:
+    """On vLLM's CPU build, a KV cache of 1 GiB unless the pool's env sets ``VLLM_CPU_KVCACHE_SPACE``: unset, vLLM
+    claims 92% of the machine's memory, which a machine shared with other replicas (elo run) never has free."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = CPU_KV_CACHE_GIB
+        log.info("vLLM CPU build: VLLM_CPU_KVCACHE_SPACE unset, using %s GiB", CPU_KV_CACHE_GIB)
+
+
 @serve.deployment
 class VLLMReplica(_Served):
     """vLLM's AsyncLLM engine and its OpenAI server app (``vllm serve``'s, in this process); the ``vllm`` package on
@@ -73,6 +86,7 @@ class VLLMReplica(_Served):
         from vllm.utils.argparse_utils import FlexibleArgumentParser
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        _default_cpu_kv_cache()
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(
             vllm_cli_args(model_path, served_name, dtype, max_model_len, engine_args))
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs.from_cli_args(args),

@@ -97,8 +97,10 @@ def start(system: str, model: str, port: int, work: Path) -> tuple[subprocess.Po
         args = [str(BIN / "elo"), "run", "--port", str(port), "--dashboard-port", str(free_port()), "--metrics-port", "0",
                 "--state-dir", str(work / f"{system}-state")]
         if system == "elo-cloud":
+            # The same engine settings as raw vLLM's (eager; dtype and max_model_len come from the model config).
             cfg = {"model": {"source": "demo"}, "pools": {"cloud": {"engine": "vllm", "max_ongoing_requests": 64,
-                                                                    "max_queued_requests": 256}}}
+                                                                    "max_queued_requests": 256,
+                                                                    "engine_args": {"enforce_eager": True}}}}
             (work / "cloud.yaml").write_text(yaml.safe_dump(cfg))
             args += ["--no-controller", "--config", str(work / "cloud.yaml")]
         proc = subprocess.Popen(args, **popen)
@@ -108,8 +110,9 @@ def start(system: str, model: str, port: int, work: Path) -> tuple[subprocess.Po
     return proc, base
 
 
-def bench(base: str, model: str, c: int, output_tokens: int, prompt_tokens: int, label: str, work: Path) -> dict:
-    n = max(16, 8 * c)
+def bench(base: str, model: str, c: int, output_tokens: int, prompt_tokens: int, label: str, work: Path,
+          per_slot: int = 16) -> dict:
+    n = max(16, per_slot * c)
     out = work / f"{label}-c{c}.json"
     subprocess.run([str(BIN / "elo"), "bench", "serve", "--url", f"{base}/v1", "--model", "elo-demo", "-n", str(n),
                     "-c", str(c), "--prompt-tokens", str(prompt_tokens), "--output-tokens", str(output_tokens),
@@ -136,6 +139,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--output-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--per-slot", type=int, default=16, help="requests per concurrency slot at each level (at least "
+                    "16 requests): a longer run, less noise on a shared machine")
     args = ap.parse_args()
     model = subprocess.run([str(BIN / "elo"), "model", "build"], check=True, capture_output=True, text=True,
                            cwd=ROOT).stdout.strip().splitlines()[-1]
@@ -152,7 +157,7 @@ def main() -> None:
             try:
                 bench(base, model, 4, 8, args.prompt_tokens, f"{system}-warmup", work)
                 for c in levels:
-                    row = bench(base, model, c, args.output_tokens, args.prompt_tokens, system, work)
+                    row = bench(base, model, c, args.output_tokens, args.prompt_tokens, system, work, args.per_slot)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:
