@@ -111,7 +111,7 @@ def start(system: str, model: str, port: int, work: Path) -> tuple[subprocess.Po
 
 
 def bench(base: str, model: str, c: int, output_tokens: int, prompt_tokens: int, label: str, work: Path,
-          per_slot: int = 16) -> dict:
+          per_slot: int) -> dict:
     n = max(16, per_slot * c)
     out = work / f"{label}-c{c}.json"
     subprocess.run([str(BIN / "elo"), "bench", "serve", "--url", f"{base}/v1", "--model", "elo-demo", "-n", str(n),
@@ -155,7 +155,7 @@ def main() -> None:
             print(f"==> {system}", flush=True)
             proc, base = start(system, model, free_port(), work)
             try:
-                bench(base, model, 4, 8, args.prompt_tokens, f"{system}-warmup", work)
+                bench(base, model, 4, 8, args.prompt_tokens, f"{system}-warmup", work, per_slot=1)
                 for c in levels:
                     row = bench(base, model, c, args.output_tokens, args.prompt_tokens, system, work, args.per_slot)
                     rows.append(row)
