@@ -60,6 +60,9 @@ capacity to gain on shared cores); a hold with a new refusal is logged. "No chan
     routing: RoutingPlan | None = None
     details: Mapping[str, object] | None = None
     refused: Mapping[str, str] | None = None  # pool -> why replicas the policy wanted were not asked for
+    # Pools whose replicas above the target were never needed since the controller started (the deployment's
+    # initial ones): the downscale delay guards against letting go of capacity just needed, so it does not hold them.
+    release_now: tuple[str, ...] = ()
 
     @classmethod
     def hold(cls, snapshot: ClusterSnapshot, reason: str, routing: RoutingPlan | None = None) -> ScalePlan:

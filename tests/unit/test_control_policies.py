@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +129,38 @@ def test_the_cheapest_pool_keeps_its_peak_for_peak_hold_s_and_the_burst_pool_doe
     assert "more for its 120s peak of" in plans[0].reason and "/h of headroom" in plans[0].reason
 
 
-def test_a_burst_pool_never_needed_is_not_kept_warm():
-    cfg = config(policy={"knobs": {"cloud_idle_to_zero_s": 60}}, guardrails={"downscale_delay_s": 30})
+def test_a_burst_pool_never_needed_is_not_kept_warm_nor_held_by_the_downscale_delay():
+    cfg = config(policy={"knobs": {"cloud_idle_to_zero_s": 60, "rate_smoothing_s": 30}},
+                 guardrails={"downscale_delay_s": 120})
     policy, world = build_policy(cfg), World(cloud=1, edge=1)
-    plans, _, _ = run(policy, world, 10, **LIGHT)  # the deployment's initial cloud replica, never needed
+    plans, state, _ = run(policy, world, 10, **LIGHT)  # the deployment's initial cloud replica, never needed
     cloud = [p.targets["cloud"].replicas for p in plans]
-    assert cloud.index(0) * TICK_S == 30  # the downscale delay alone, no keep-warm period
-    assert "never needed yet: not kept warm" in plans[0].reason
+    # Watched for rate_smoothing_s (30 s) without being needed, it goes: no keep-warm, no 120 s downscale delay.
+    assert cloud.index(0) * TICK_S == 30, cloud
+    assert "never needed yet (0s of 30s watched)" in plans[0].reason
+    assert "waits for the downscale delay" in plans[0].reason
+    assert "never needed in 30s: released without the downscale delay" in plans[6].reason
+    assert "cloud 1->0: never needed, so no downscale delay" in plans[6].reason
+    assert state.memory["first_at_s"] == 0.0
+
+
+def test_a_burst_pool_needed_once_keeps_its_downscale_delay_and_keep_warm():
+    cfg = config(policy={"knobs": {"cloud_idle_to_zero_s": 60, "rate_smoothing_s": 30}},
+                 guardrails={"downscale_delay_s": 120})
+    policy, world = build_policy(cfg), World(cloud=1, edge=1)
+    _, state, now = run(policy, world, 1, cloud={"queued_requests": 3})  # needed once
+    plans, _, _ = run(policy, world, 50, start_s=now, state=state, **LIGHT)
+    cloud = [p.targets["cloud"].replicas for p in plans]
+    assert not any(p.release_now for p in plans)
+    assert cloud.index(0) * TICK_S >= 60 + 120 - TICK_S, cloud  # kept warm 60 s, then the whole downscale delay
+
+
+def test_state_saved_before_the_first_tick_time_existed_still_loads():
+    policy, world = build_policy(config()), World(cloud=1, edge=1)
+    _, state, now = run(policy, world, 2, **LIGHT)
+    old = replace(state, memory={k: v for k, v in state.memory.items() if k != "first_at_s"})
+    _, state, _ = run(policy, world, 1, start_s=now, state=old, **LIGHT)
+    assert state.memory["first_at_s"] == old.memory["last_at_s"]
 
 
 def test_idle_scales_cloud_to_zero_after_its_idle_period_and_keeps_edge_at_min():

@@ -100,6 +100,7 @@ class _Memory:
     demand_history: list[list[float]] = field(default_factory=list)  # [at_s, smoothed rps less noise], oldest first
     needed_history: dict[str, list[list[float]]] = field(default_factory=dict)  # pool -> [at_s, replicas needed]
     needed_pools: list[str] = field(default_factory=list)  # burst pools needed at some tick (kept warm after)
+    first_at_s: float | None = None  # the controller's first tick (state saved before it existed: None)
 
     @classmethod
     def load(cls, memory: Mapping[str, Any]) -> _Memory:
@@ -109,13 +110,13 @@ class _Memory:
                    dict(memory.get("idle_since_s") or {}),
                    [list(x) for x in memory.get("demand_history") or []],
                    {p: [list(x) for x in v] for p, v in (memory.get("needed_history") or {}).items()},
-                   list(memory.get("needed_pools") or []))
+                   list(memory.get("needed_pools") or []), memory.get("first_at_s"))
 
     def dump(self) -> dict[str, Any]:
         return {"last_at_s": self.last_at_s, "level_rps": self.level_rps, "trend_rps_per_s": self.trend_rps_per_s,
                 "corrections": self.corrections, "idle_since_s": self.idle_since_s,
                 "demand_history": self.demand_history, "needed_history": self.needed_history,
-                "needed_pools": self.needed_pools}
+                "needed_pools": self.needed_pools, "first_at_s": self.first_at_s}
 
     def peak_rps(self, since_s: float) -> float:
         """The highest smoothed arrival rate of the ticks at or after ``since_s``."""
@@ -168,6 +169,8 @@ class CostAware:
     def __call__(self, snapshot: ClusterSnapshot, state: PolicyState, now: float) -> tuple[ScalePlan, PolicyState]:
         k = self.knobs
         mem = _Memory.load(state.memory)
+        if mem.first_at_s is None:
+            mem.first_at_s = now if mem.last_at_s is None else mem.last_at_s
         pools = {n: p for n, p in snapshot.pools.items() if n in self.config.pools}
         if not pools:
             return ScalePlan.hold(snapshot, "cost_aware: none of the configured pools is observed"), state
@@ -197,6 +200,7 @@ class CostAware:
         targets: dict[str, PoolTarget] = {}
         notes: list[str] = []
         details: dict[str, Any] = {}
+        release_now: list[str] = []
         for rank, name in enumerate(order):
             p, pc, f = pools[name], self.config.pools[name], figures[name]
             need_rps = ahead_rps = forecast(f.horizon_s)
@@ -245,8 +249,10 @@ class CostAware:
                              f", {p.queued_requests} queued beyond its slots: {want} for {p.ongoing_requests} "
                              "in flight")
             if rank > 0:
-                want, idle_note = self._keep_warm(mem, name, p, needed, want, now)
+                want, idle_note, never_needed = self._keep_warm(mem, name, p, needed, want, now)
                 note += idle_note
+                if never_needed:
+                    release_now.append(name)
             targets[name] = PoolTarget.for_replicas(want, pc.replicas_per_node)
             notes.append(note)
             details[name] = {"capacity": _capacity_fields(f.capacity), "horizon_s": round(f.horizon_s, 1),
@@ -285,7 +291,8 @@ class CostAware:
         plan_details = {"demand_rps": round(demand, 3), "arrivals_rps": round(arrivals, 3),
                         "smoothed_rps": round(mem.level_rps, 3), "trend_rps_per_s": round(mem.trend_rps_per_s, 4),
                         "queued": queued, "fill_order": order, "pools": details}
-        return (ScalePlan(targets, reason, routing=routing, details=plan_details, refused=refused or None),
+        return (ScalePlan(targets, reason, routing=routing, details=plan_details, refused=refused or None,
+                          release_now=tuple(release_now)),
                 replace(state, memory=mem.dump()))
 
     # --- capacity ----------------------------------------------------------------------------------------------
@@ -416,23 +423,29 @@ class CostAware:
         mem.level_rps = level
 
     def _keep_warm(self, mem: _Memory, name: str, p: PoolSnapshot, needed: int, want: int,
-                   now: float) -> tuple[int, str]:
+                   now: float) -> tuple[int, str, bool]:
         """A burst pool no longer needed keeps one replica for cloud_idle_to_zero_s: its cold start costs minutes.
         One never needed since the controller started (its replicas are the deployment's initial ones) is not kept
-        warm: nothing says the burst it would be warm for comes."""
+        warm: nothing says the burst it would be warm for comes. Once the controller has watched the arrival rate
+        for rate_smoothing_s (the level's time constant) without needing it, it goes without the downscale delay
+        (the third value): that delay guards against letting go of capacity just needed, and this never was."""
         idle = needed == 0 and p.queued_requests == 0
         if not idle:
             mem.needed_pools = sorted({*mem.needed_pools, name})
         if not idle or p.replicas == 0:
             mem.idle_since_s.pop(name, None)
-            return want, ""
+            return want, "", False
         if name not in mem.needed_pools:
-            return want, ", never needed yet: not kept warm"
+            watched_s = now - (now if mem.first_at_s is None else mem.first_at_s)
+            if watched_s >= self.knobs.rate_smoothing_s:
+                return want, f", never needed in {watched_s:.0f}s: released without the downscale delay", True
+            return want, f", never needed yet ({watched_s:.0f}s of {self.knobs.rate_smoothing_s:.0f}s watched)", False
         since = mem.idle_since_s.setdefault(name, now)
         idle_s = now - since
         if idle_s < self.knobs.cloud_idle_to_zero_s:
-            return max(want, 1), f", not needed for {idle_s:.0f}s of {self.knobs.cloud_idle_to_zero_s:.0f}s: kept warm"
-        return want, f", not needed for {idle_s:.0f}s >= {self.knobs.cloud_idle_to_zero_s:.0f}s: to zero"
+            return (max(want, 1), f", not needed for {idle_s:.0f}s of {self.knobs.cloud_idle_to_zero_s:.0f}s: "
+                    "kept warm", False)
+        return want, f", not needed for {idle_s:.0f}s >= {self.knobs.cloud_idle_to_zero_s:.0f}s: to zero", False
 
 
 def _flat_profile(pc: PoolPolicy, k: CostAwareKnobs) -> ReplicaProfile:

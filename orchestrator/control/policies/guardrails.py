@@ -32,7 +32,8 @@ class Guarded:
         asked, pending delays restarted — never scale (least of all to zero) on missing data.
         2. Per pool: clamp to [min_replicas, max_replicas] (a pool outside them goes to the nearest bound at once);
         a change must be wanted in the same direction continuously for upscale_delay_s / downscale_delay_s (the
-        timer keeps running across steps while the wish lasts); none within cooldown_s of the pool's last resize;
+        timer keeps running across steps while the wish lasts; no downscale delay for a pool in the plan's
+        ``release_now``); none within cooldown_s of the pool's last resize;
         at most max_step_per_tick replicas per tick.
         3. Budget: above budget_usd_per_hour, first drop planned increases, then existing replicas down to
         min_replicas, most expensive per replica first.
@@ -72,6 +73,9 @@ class Guarded:
                 since = now if since is None else since
                 t = PoolTimers(since if up else None, None if up else since, t.last_change_s)
                 delay_s = g.upscale_delay_s if up else g.downscale_delay_s
+                if not up and name in plan.release_now:
+                    delay_s = 0.0
+                    notes.append(f"{name} {cur}->{want}: never needed, so no downscale delay")
                 step = self.config.max_step(name)
                 if now - since < delay_s:
                     new = cur
@@ -98,7 +102,7 @@ class Guarded:
 
         routing = _admit_only_sized_pools(plan.routing or state.routing, targets)
         reason = plan.reason + (" | guardrails: " + "; ".join(notes) if notes else "")
-        new_plan = ScalePlan(targets, reason, plan.drain, routing, plan.details, plan.refused)
+        new_plan = ScalePlan(targets, reason, plan.drain, routing, plan.details, plan.refused, plan.release_now)
         return new_plan, replace(inner, timers=timers, routing=routing)
 
     def _apply_budget(self, wanted: dict[str, int], current: dict[str, int], notes: list[str]) -> None:
