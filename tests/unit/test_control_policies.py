@@ -155,12 +155,20 @@ def test_a_burst_pool_needed_once_keeps_its_downscale_delay_and_keep_warm():
     assert cloud.index(0) * TICK_S >= 60 + 120 - TICK_S, cloud  # kept warm 60 s, then the whole downscale delay
 
 
-def test_state_saved_before_the_first_tick_time_existed_still_loads():
-    policy, world = build_policy(config()), World(cloud=1, edge=1)
+def test_the_never_needed_watch_restarts_after_a_gap_and_state_saved_without_it_loads():
+    cfg = config(policy={"knobs": {"rate_smoothing_s": 30}}, guardrails={"downscale_delay_s": 120})
+    policy, world = build_policy(cfg), World(cloud=1, edge=1)
     _, state, now = run(policy, world, 2, **LIGHT)
+    assert state.memory["first_at_s"] == 0.0
+    # A controller restarted within the level's time constant watches on; a new run hours later starts again.
+    _, resumed, _ = run(policy, world, 1, start_s=now + 10, state=state, **LIGHT)
+    assert resumed.memory["first_at_s"] == 0.0
+    plans, later, _ = run(policy, world, 1, start_s=now + 3600, state=state, **LIGHT)
+    assert later.memory["first_at_s"] == now + 3600 and not plans[0].release_now
+    assert "never needed yet (0s of 30s watched)" in plans[0].reason
     old = replace(state, memory={k: v for k, v in state.memory.items() if k != "first_at_s"})
     _, state, _ = run(policy, world, 1, start_s=now, state=old, **LIGHT)
-    assert state.memory["first_at_s"] == old.memory["last_at_s"]
+    assert state.memory["first_at_s"] == now
 
 
 def test_idle_scales_cloud_to_zero_after_its_idle_period_and_keeps_edge_at_min():

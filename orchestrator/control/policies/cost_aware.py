@@ -100,7 +100,7 @@ class _Memory:
     demand_history: list[list[float]] = field(default_factory=list)  # [at_s, smoothed rps less noise], oldest first
     needed_history: dict[str, list[list[float]]] = field(default_factory=dict)  # pool -> [at_s, replicas needed]
     needed_pools: list[str] = field(default_factory=list)  # burst pools needed at some tick (kept warm after)
-    first_at_s: float | None = None  # the controller's first tick (state saved before it existed: None)
+    first_at_s: float | None = None  # first tick of this controller run (see CostAware.__call__)
 
     @classmethod
     def load(cls, memory: Mapping[str, Any]) -> _Memory:
@@ -169,8 +169,10 @@ class CostAware:
     def __call__(self, snapshot: ClusterSnapshot, state: PolicyState, now: float) -> tuple[ScalePlan, PolicyState]:
         k = self.knobs
         mem = _Memory.load(state.memory)
-        if mem.first_at_s is None:
-            mem.first_at_s = now if mem.last_at_s is None else mem.last_at_s
+        if mem.first_at_s is None or mem.last_at_s is None or not 0 <= now - mem.last_at_s <= k.rate_smoothing_s:
+            # The first tick, or the first after the controller was away longer than the level's time constant
+            # (a new `elo run` restoring old state): what it watched before says nothing about the load now.
+            mem.first_at_s = now
         pools = {n: p for n, p in snapshot.pools.items() if n in self.config.pools}
         if not pools:
             return ScalePlan.hold(snapshot, "cost_aware: none of the configured pools is observed"), state
