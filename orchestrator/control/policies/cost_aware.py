@@ -173,6 +173,7 @@ class CostAware:
             # The first tick, or the first after the controller was away longer than the level's time constant
             # (a new `elo run` restoring old state): what it watched before says nothing about the load now.
             mem.first_at_s = now
+        watched_s = now - mem.first_at_s
         pools = {n: p for n, p in snapshot.pools.items() if n in self.config.pools}
         if not pools:
             return ScalePlan.hold(snapshot, "cost_aware: none of the configured pools is observed"), state
@@ -251,7 +252,7 @@ class CostAware:
                              f", {p.queued_requests} queued beyond its slots: {want} for {p.ongoing_requests} "
                              "in flight")
             if rank > 0:
-                want, idle_note, never_needed = self._keep_warm(mem, name, p, needed, want, now)
+                want, idle_note, never_needed = self._keep_warm(mem, name, p, needed, want, now, watched_s)
                 note += idle_note
                 if never_needed:
                     release_now.append(name)
@@ -425,11 +426,11 @@ class CostAware:
         mem.level_rps = level
 
     def _keep_warm(self, mem: _Memory, name: str, p: PoolSnapshot, needed: int, want: int,
-                   now: float) -> tuple[int, str, bool]:
+                   now: float, watched_s: float) -> tuple[int, str, bool]:
         """A burst pool no longer needed keeps one replica for cloud_idle_to_zero_s: its cold start costs minutes.
         One never needed since the controller started (its replicas are the deployment's initial ones) is not kept
-        warm: nothing says the burst it would be warm for comes. Once the controller has watched the arrival rate
-        for rate_smoothing_s (the level's time constant) without needing it, it goes without the downscale delay
+        warm: nothing says the burst it would be warm for comes. Once this controller run has watched the arrival
+        rate for rate_smoothing_s (``watched_s`` >= the level's time constant) without needing it, it goes without the downscale delay
         (the third value): that delay guards against letting go of capacity just needed, and this never was."""
         idle = needed == 0 and p.queued_requests == 0
         if not idle:
@@ -438,7 +439,6 @@ class CostAware:
             mem.idle_since_s.pop(name, None)
             return want, "", False
         if name not in mem.needed_pools:
-            watched_s = now - (now if mem.first_at_s is None else mem.first_at_s)
             if watched_s >= self.knobs.rate_smoothing_s:
                 return want, f", never needed in {watched_s:.0f}s: released without the downscale delay", True
             return want, f", never needed yet ({watched_s:.0f}s of {self.knobs.rate_smoothing_s:.0f}s watched)", False
