@@ -11,13 +11,14 @@ venv:
 run: venv ## Start the embedded default: local Ray, demo model, cloud (vLLM) + edge (CPU) replicas.
 	$(VENV)/bin/elo run
 
-test: venv ## Lint, then unit and integration tests (real Ray Serve, vLLM CPU build, transformers).
+test: venv ## Lint, then unit tests (one worker per core) and integration tests (real Ray Serve, vLLM, transformers).
 	$(VENV)/bin/ruff check orchestrator deployments tests
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -ra --durations=15 tests
+	$(PY) -m pytest -ra --durations=5 -n auto tests/unit
+	$(PY) -m pytest -ra --durations=15 tests/integration
 
 test-unit: venv
-	$(PY) -m pytest -q -ra tests/unit
+	$(PY) -m pytest -q -ra -n auto tests/unit
 
 test-integration: venv
 	$(PY) -m pytest -q -ra tests/integration

@@ -7,6 +7,10 @@ checked: every metric a panel or rule names is exported by the live run; every p
 every alert rule's comparison (as `bool`, so it returns a series whether or not it fires), returns series through
 Prometheus' HTTP API; Prometheus evaluates the rules without error; `promtool check rules` passes. The series count
 of every query is printed (pytest -s) and written to $ELO_OBSERVABILITY_REPORT when set.
+
+Last, the same run's graceful drain, with request accounting: SIGTERM to `elo run` while streams are in flight
+lets every one of them finish, and `elo run` exits cleanly (the run is not restarted for it: each start of vLLM
+costs a minute on these cores).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -91,6 +96,7 @@ class Live:
     base: str
     controller_metrics: str
     work: Path
+    proc: subprocess.Popen
 
 
 def _policy() -> dict[str, Any]:
@@ -111,8 +117,8 @@ def live(tmp_path_factory) -> Any:
     port, metrics_port = _free_port(), _free_port()
     with elo_run(["--config", str(work / "app.yaml"), "--policy", str(work / "policy.yaml"), "--port", str(port),
                   "--metrics-port", str(metrics_port), "--admin-key", ADMIN_KEY, "--state-dir", str(work / "state"),
-                  "--dashboard-port", str(_free_port()), "--ready-timeout-s", "1200"], work):
-        yield Live(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", work)
+                  "--dashboard-port", str(_free_port()), "--ready-timeout-s", "1200"], work) as proc:
+        yield Live(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", work, proc)
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +256,49 @@ def test_prometheus_scrapes_a_live_run_and_every_panel_and_alert_returns_series(
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"SUCCESS: {len(rules)} rules found" in check.stdout
+
+
+async def _stream(client: httpx.AsyncClient, url: str, started: asyncio.Event, count: list[int], n: int) -> str:
+    """One greedy streamed chat of 200 tokens: complete (finish_reason and [DONE]), error (an SSE error event) or cut
+    (the connection closed mid-stream)."""
+    body = {"model": "elo-demo", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 200,
+            "temperature": 0, "stream": True, "ignore_eos": True}
+    first, finished = False, False
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200, await r.aread()
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    return "complete" if finished else "cut"
+                event = json.loads(line[6:])
+                if "error" in event:
+                    return "error"
+                finished = finished or any(c.get("finish_reason") for c in event["choices"])
+                if not first:
+                    first = True
+                    count[0] += 1
+                    if count[0] == n:
+                        started.set()
+    except httpx.HTTPError:
+        pass
+    return "cut"
+
+
+def test_sigterm_with_streams_in_flight_lets_every_stream_finish(live: Live, prometheus: Any) -> None:
+    # The module's last test: it stops the run the others used (after Prometheus' checks, which need it up).
+    async def drive(n: int = 8) -> list[str]:
+        started, count = asyncio.Event(), [0]
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10),
+                                     headers={"Authorization": f"Bearer {KEY}"}) as client:
+            tasks = [asyncio.create_task(_stream(client, live.base, started, count, n)) for _ in range(n)]
+            await started.wait()  # every stream has its first token
+            live.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+
+    outcomes = asyncio.run(drive())
+    code = live.proc.wait(300)
+    # All 8 streams in flight at the signal complete: none cut, none ended by an error event.
+    assert outcomes == ["complete"] * 8, outcomes
+    assert code == 0 and "Stopped cleanly." in (live.work / "elo-run.log").read_text()
