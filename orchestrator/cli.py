@@ -166,6 +166,35 @@ def show_config(config: Path | None = typer.Option(None, "--config", "-f")) -> N
     console.print(yaml.safe_dump(_load_config(config).model_dump(mode="json"), sort_keys=False))
 
 
+@app.command("drain-node")
+def drain_node_cmd(
+    deadline_s: float = typer.Option(..., "--deadline-s", min=1,
+                                     help="Wait at most this long (the pool's graceful_shutdown_timeout_s)."),
+    address: str = typer.Option("auto", help="Ray cluster to connect to (auto: the one this node belongs to)."),
+    node_id: str | None = typer.Option(None, help="Node to drain (default: the node this runs on)."),
+) -> None:
+    """Drain a Ray node before its pod goes (the chart's worker preStop hook): Serve moves the node's replicas to
+    other nodes and stops these after their in-flight requests; returns when none is left or at the deadline."""
+    import ray
+    from ray._private import services
+    from ray._raylet import GcsClient
+
+    from orchestrator.control.adapters.ray_nodes import drain_node
+
+    gcs_address = services.canonicalize_bootstrap_address_or_die(address)
+    ray.init(address=gcs_address, logging_level="WARNING", log_to_driver=False)
+    try:
+        node = node_id or ray.get_runtime_context().get_node_id()
+        outcome = drain_node(GcsClient(address=gcs_address), gcs_address, node, deadline_s)
+    finally:
+        ray.shutdown()
+    console.print(f"node {outcome.node_id}: {outcome.replicas_at_start} Serve replica(s) at the start, "
+                  f"{outcome.replicas_left} left after {outcome.waited_s:.1f}s", markup=False, highlight=False,
+                  soft_wrap=True)
+    if outcome.replicas_left:
+        raise typer.Exit(1)
+
+
 @model_app.command("build")
 def model_build(
     cache_dir: Path | None = typer.Option(None, help="Cache folder (default ~/.cache/elo)."),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -63,6 +64,15 @@ def build_app():
     class Pool:
         def __call__(self, *args) -> str:
             return "ok"
+
+        async def slow(self, seconds: float) -> str:
+            """A long request; answers the actor that served it."""
+            import asyncio
+
+            import ray
+
+            await asyncio.sleep(seconds)
+            return ray.get_runtime_context().get_actor_id()
 
         def __del__(self) -> None:
             # Serve calls this on graceful shutdown: the replica stays alive ~2 s after a scale-down, a wide,
@@ -201,6 +211,24 @@ def main(out_path: str) -> int:
             record("not_found", error=None)
         except ControlError as e:
             record("not_found", error=type(e).__name__, message=str(e), requests=list(requests))
+
+        # 6. A pool node's pod is deleted (by KubeRay, or a preemption): its preStop hook, `elo drain-node`, drains
+        #    it. Serve starts a replacement on the pool's other node, the request in flight on the old replica
+        #    finishes there, and the drain returns once the node hosts no replica.
+        backend.resize("cloud", 2)
+        scaler.set_replicas("cloud", 1)
+        wait_until("1 ready cloud replica", lambda: scaler.get_replicas("cloud") == (1, 0))
+        (old_replica, doomed), = alive_replicas("cloud").items()
+        inflight = serve.get_deployment_handle("pool-cloud", app_name=APP).slow.remote(6.0)
+        time.sleep(1.0)  # the request is on the replica (it sleeps 6 s there)
+        hook = subprocess.run([str(Path(sys.executable).with_name("elo")), "drain-node", "--address", cluster.address,
+                               "--node-id", doomed, "--deadline-s", "90"], capture_output=True, text=True, timeout=180)
+        served_by = inflight.result(timeout_s=60)
+        after = alive_replicas("cloud")
+        record("pod_deleted", old_replica=old_replica, doomed_node=doomed, served_by=served_by,
+               hook={"returncode": hook.returncode, "stdout": hook.stdout, "stderr": hook.stderr[-2000:]},
+               alive_after=after, cloud_nodes=node_ids("cloud"),
+               ready_after=scaler.get_replicas("cloud"))
 
         record("startup", startup_s={p: backend.measured_startup_s(p) for p in ("cloud", "edge")})
         client.close()

@@ -119,6 +119,21 @@ def test_scale_down_removes_nodes_only_after_their_replicas_are_gone(scenario: S
     assert down["fencing"], "idle nodes were drained in Ray (no new leases) before removal"
 
 
+def test_a_deleted_pods_drain_hook_lets_its_request_finish_while_serve_moves_the_replica(scenario: Scenario):
+    step = scenario.step("pod_deleted")
+    hook = step["hook"]
+    print("\npod deleted: elo drain-node said", hook["stdout"].strip())
+    # The request in flight on the node finished there, on the old replica, before that replica was stopped.
+    assert step["served_by"] == step["old_replica"]
+    # The hook returned because the node was empty, not at its deadline (that exits 1).
+    assert hook["returncode"] == 0, hook
+    assert f"node {step['doomed_node']}: 1 Serve replica(s) at the start, 0 left after" in hook["stdout"]
+    # Serve's replacement runs on the pool's other node.
+    assert len(step["alive_after"]) == 1 and step["old_replica"] not in step["alive_after"]
+    (node,) = step["alive_after"].values()
+    assert node != step["doomed_node"] and node in step["cloud_nodes"]
+
+
 def test_unknown_deployment_is_a_clear_not_retried_error(scenario: Scenario):
     missing = scenario.step("not_found")
     assert missing["error"] == "NotFoundError"

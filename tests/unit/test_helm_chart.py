@@ -403,6 +403,25 @@ def test_ray_pods_run_as_the_images_user_without_privileges(helm: str, values: P
             assert not csc.get("privileged"), name
 
 
+def test_a_deleted_worker_pod_drains_its_node_within_the_pools_grace_period(helm: str) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    pods = ray_pod_specs(render(helm, "--set-json", "pools.edge.graceful_shutdown_timeout_s=45.5"))
+    for group, grace in (("cloud-gpu", 600), ("edge-cpu", 46)):
+        pod = pods[group]
+        (container,) = pod["containers"]
+        # preStop runs `elo drain-node` (in the image: k8s/Dockerfile installs the project) with the pool's
+        # graceful_shutdown_timeout_s; Kubernetes kills the pod only after that plus the drain's start.
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == ["elo", "drain-node", "--deadline-s",
+                                                                          str(grace)], group
+        assert pod["terminationGracePeriodSeconds"] == grace + 30, group
+    assert "terminationGracePeriodSeconds" not in pods["head"]  # the head hosts no replica
+    usage = CliRunner().invoke(app, ["drain-node", "--help"], env={"COLUMNS": "200"})
+    assert usage.exit_code == 0 and "--deadline-s" in usage.output
+
+
 @pytest.mark.parametrize("serve_type", [None, "NodePort", "LoadBalancer"])
 def test_the_dashboard_is_never_exposed_beyond_the_cluster(helm: str, serve_type: str | None) -> None:
     rayservice = one(render(helm, *(["--set", f"ray.serveServiceType={serve_type}"] if serve_type else [])),

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.control.adapters.base import NodeInfo, choose_scale_down
+from orchestrator.control.adapters.ray_nodes import SERVE_REPLICA_CLASS_PREFIX, gcs_drain, serve_replicas_on
 from orchestrator.control.errors import (
     CapacityUnavailableError,
     NotFoundError,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVE_REPLICA_CLASS_PREFIX = "ServeReplica:"  # ActorState.class_name of every Serve replica: "ServeReplica:<app>:<dep>"
 
 
 HEAD_RESOURCE = "elo-head"  # tags the head node: the router asks for a sliver of it, so it never sits on a pool node
@@ -168,18 +168,13 @@ class LocalPoolBackend:
 
     def replicas_on(self, node_ids: Iterable[str]) -> dict[str, int]:
         """Live (not DEAD) Serve replica actors, of any application and deployment, on each node."""
-        from ray.util.state import list_actors
-
         counts: dict[str, int] = {}
         for node_id in node_ids:
             try:
-                actors = list_actors(address=self._cluster.address,
-                                     filters=[("node_id", "=", node_id), ("state", "!=", "DEAD")],
-                                     limit=10_000, raise_on_missing_output=True)
+                counts[node_id] = serve_replicas_on(self._cluster.address, node_id)
             except Exception as e:  # the state API raises plain exceptions (RayStateApiException, HTTP errors)
                 raise TransientError(f"cannot list the actors on node {node_id}, so cannot tell whether it hosts "
                                      f"replicas; not removing it ({type(e).__name__}: {e})") from e
-            counts[node_id] = sum(1 for a in actors if (a.class_name or "").startswith(SERVE_REPLICA_CLASS_PREFIX))
         return counts
 
     # -- internals -----------------------------------------------------------------------------------------
@@ -265,13 +260,10 @@ class LocalPoolBackend:
         """Mark the node draining in Ray: its raylet grants no new leases, so no replica can land on it."""
         try:
             from ray._raylet import GcsClient
-            from ray.core.generated import autoscaler_pb2
 
             if self._gcs_client is None:
                 self._gcs_client = GcsClient(address=self._cluster.address)
-            accepted, rejection = self._gcs_client.drain_node(
-                node.node_id, autoscaler_pb2.DrainNodeReason.DRAIN_NODE_REASON_PREEMPTION,
-                "elo: pool scale-down", 0)
+            accepted, rejection = gcs_drain(self._gcs_client, node.node_id, "elo: pool scale-down")
         except (ImportError, AttributeError, TypeError) as e:
             log.warning("Ray drain_node unavailable (%s); removing idle nodes without fencing them first", e)
             self._fence_enabled = False
