@@ -188,9 +188,9 @@ def drain_node_cmd(
         outcome = drain_node(GcsClient(address=gcs_address), gcs_address, node, deadline_s)
     finally:
         ray.shutdown()
+    left = "an unknown number" if outcome.replicas_left < 0 else outcome.replicas_left
     console.print(f"node {outcome.node_id}: {outcome.replicas_at_start} Serve replica(s) at the start, "
-                  f"{outcome.replicas_left} left after {outcome.waited_s:.1f}s", markup=False, highlight=False,
-                  soft_wrap=True)
+                  f"{left} left after {outcome.waited_s:.1f}s", markup=False, highlight=False, soft_wrap=True)
     if outcome.replicas_left:
         raise typer.Exit(1)
 

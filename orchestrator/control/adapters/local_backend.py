@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-
 HEAD_RESOURCE = "elo-head"  # tags the head node: the router asks for a sliver of it, so it never sits on a pool node
 
 

@@ -39,29 +39,33 @@ def serve_replicas_on(address: str, node_id: str) -> int:
 @dataclass(frozen=True)
 class DrainOutcome:
     node_id: str
-    replicas_at_start: int
-    replicas_left: int  # 0: every replica moved off (its in-flight requests finished) before the deadline
+    replicas_at_start: int  # when the drain began
+    replicas_left: int  # 0: every replica moved off (its in-flight requests finished) before the deadline; -1: unknown
     waited_s: float
 
 
 def drain_node(gcs_client: Any, address: str, node_id: str, deadline_s: float, *,
                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-               every_s: float = 1.0) -> DrainOutcome:
+               every_s: float = 1.0, count: Callable[[str, str], int] = serve_replicas_on) -> DrainOutcome:
     """Drain ``node_id`` and wait until no Serve replica is left on it, or ``deadline_s`` passed (then the pod goes
-    anyway: Kubernetes kills it at its termination grace period)."""
+    anyway: Kubernetes kills it at its termination grace period). The drain is asked for first: a state API that
+    cannot answer yet only delays the count, never the drain."""
     start = clock()
-    before = serve_replicas_on(address, node_id)
     accepted, rejection = gcs_drain(gcs_client, node_id, "elo: the node's pod is being deleted", deadline_s)
     if not accepted:
         raise RuntimeError(f"Ray refused to drain node {node_id}: {rejection}")
-    left = before
-    while left and clock() - start < deadline_s:
-        sleep(every_s)
+    first: int | None = None
+    left: int | None = None
+    while True:
         try:
-            left = serve_replicas_on(address, node_id)
-        except Exception as e:  # the state API answers errors while the cluster is busy: ask again
+            left = count(address, node_id)
+            first = left if first is None else first
+        except Exception as e:  # the state API raises plain exceptions while the cluster is busy: ask again
             log.warning("cannot list the replicas on node %s yet: %s", node_id, e)
-    return DrainOutcome(node_id, before, left, round(clock() - start, 2))
+        if left == 0 or clock() - start >= deadline_s:
+            break
+        sleep(min(every_s, deadline_s - (clock() - start)))  # a last look at the deadline itself
+    return DrainOutcome(node_id, first or 0, left if left is not None else -1, round(clock() - start, 2))
 
 
 __all__ = ["SERVE_REPLICA_CLASS_PREFIX", "DrainOutcome", "drain_node", "gcs_drain", "serve_replicas_on"]
