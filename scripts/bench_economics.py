@@ -104,16 +104,18 @@ def main() -> int:
             bound = summaries[-1]
             print(f"\n## {tname} trace, {cname} config: {len(workload):,} requests over {workload.duration_s:,.0f} s "
                   f"({time.monotonic() - started:.0f} s to run)")
-            print("| run | cost $ | SLO attainment | x bound |")
-            print("|---|---|---|---|")
+            print("| run | cost $ | SLO attainment | x bound | where the misses cluster |")
+            print("|---|---|---|---|---|")
             rows_out = []
             for s in summaries:
                 meets = s.slo_attainment >= bound.slo_attainment - 1e-9
                 ratio = (f"{s.cost_ratio_to_oracle:.2f}" if meets and s.cost_ratio_to_oracle is not None
                          else "misses SLO")
-                print(f"| {s.label} | {s.cost_usd:.3f} | {s.slo_attainment:.2%} | {ratio} |")
+                where = s.worst_miss_window.describe() if s.worst_miss_window else "-"
+                print(f"| {s.label} | {s.cost_usd:.3f} | {s.slo_attainment:.2%} | {ratio} | {where} |")
                 rows_out.append({"run": s.label, "cost_usd": s.cost_usd, "slo_attainment": s.slo_attainment,
                                  "ratio_to_bound": s.cost_ratio_to_oracle if meets else None,
+                                 "worst_miss_window": s.worst_miss_window.model_dump() if s.worst_miss_window else None,
                                  "notes": list(s.notes)})
             for note in bound.notes:
                 print(f"  bound: {note}")

@@ -50,6 +50,23 @@ class PoolSummary(_Frozen):
     max_replicas: int
 
 
+MISS_WINDOW_S = 30.0  # the width of the window a run's SLO misses are located in
+
+
+class MissWindow(_Frozen):
+    """Where a run's SLO misses cluster: the window of arrivals with the most of them."""
+
+    start_s: float = Field(description="Start of the window (arrival time, seconds into the trace).")
+    width_s: float
+    misses: int = Field(description="Requests arriving in the window that missed the SLO.")
+    arrivals: int = Field(description="Requests arriving in the window.")
+    share_of_misses: float = Field(description="The window's misses over all of the run's misses.")
+
+    def describe(self) -> str:
+        return (f"{self.share_of_misses:.0%} of misses at {self.start_s:,.0f}-{self.start_s + self.width_s:,.0f} s "
+                f"({self.misses} of {self.arrivals} arrivals)")
+
+
 class RunSummary(_Frozen):
     """The report of one run; ``*_ratio_to_oracle`` are filled in a comparison."""
 
@@ -81,6 +98,9 @@ class RunSummary(_Frozen):
     cost_ratio_to_oracle: float | None = None
     target_attainment: float | None = Field(None, description="The SLO attainment a comparison asks of every run "
                                             "(the bound's); null outside a comparison.")
+    worst_miss_window: MissWindow | None = Field(
+        None, description="The 30 s of arrivals with the most SLO misses (a burst no replica could start for "
+        "shows here); null when no request missed.")
 
     @property
     def misses_target(self) -> bool:
@@ -117,7 +137,18 @@ def summarize(result: SimResult) -> RunSummary:
         ttft=Latency.of(result.ttft_s[ok]), e2e=Latency.of(result.e2e_s[ok]), pools=pools,
         scaling_actions=sum(a.scale_ups + a.scale_downs for a in result.accounts.values()),
         wall_s=result.wall_s, placeholder_profiles=list(result.placeholder_profiles), notes=list(result.notes),
+        worst_miss_window=_worst_miss_window(result.workload.arrival_s, ~(ttft_ok & e2e_ok)),
     )
+
+
+def _worst_miss_window(arrival_s: np.ndarray, missed: np.ndarray, width_s: float = MISS_WINDOW_S) -> MissWindow | None:
+    if not missed.any():
+        return None
+    bucket = (np.asarray(arrival_s, float) // width_s).astype(int)
+    per = np.bincount(bucket[missed], minlength=int(bucket.max()) + 1)
+    worst = int(per.argmax())
+    return MissWindow(start_s=worst * width_s, width_s=width_s, misses=int(per[worst]),
+                      arrivals=int((bucket == worst).sum()), share_of_misses=float(per[worst] / missed.sum()))
 
 
 def with_oracle_ratios(summaries: Sequence[RunSummary], oracle_label: str,
@@ -182,6 +213,8 @@ def run_table(s: RunSummary) -> Table:
         ("429s / dropped", f"{s.rejected_429:,} / {s.dropped:,}"),
         ("scaling actions", str(s.scaling_actions)),
     ]
+    if s.worst_miss_window is not None:
+        rows.insert(5, ("where the misses cluster", s.worst_miss_window.describe()))
     for name, p in s.pools.items():
         rows.append((f"pool {name}", f"{p.replica_hours:.2f} replica-h ({p.ready_replica_hours:.2f} serving), "
                      f"${p.cost_usd:,.3f}, {p.served:,} served, max {p.max_replicas} replicas, "

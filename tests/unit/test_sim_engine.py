@@ -184,3 +184,28 @@ def test_decode_slows_with_the_context_on_both_engines():
         # 10 further tokens; token j (2..11) reads the prompt and j - 1 outputs: a mean context of prompt + 5.5
         assert (r.e2e_s - r.ttft_s).tolist() == pytest.approx([10 * (0.001 + 1e-5 * 905.5),
                                                                10 * (0.001 + 1e-5 * 15.5)]), batching
+
+
+def test_the_summary_locates_where_a_runs_slo_misses_cluster() -> None:
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.sim.report import run_table, summarize
+
+    # 1 rps, then 30 s at 40 rps that 1 cloud + 1 edge replica cannot carry (a new one takes 120 s), then 1 rps.
+    trace = synthetic_trace([(0.0, 1.0), (300.0, 40.0), (330.0, 1.0)], 600, prompt_tokens=100, output_tokens=50,
+                            poisson=False)
+    s = summarize(simulate(trace, policy_file(), sim_config(cloud_startup=120.0, edge_startup=120.0)))
+    w = s.worst_miss_window
+    assert s.slo_attainment < 1.0 and w is not None
+    assert (w.start_s, w.width_s, w.arrivals) == (300.0, 30.0, 1200)  # the burst's 30 s and its 1,200 arrivals
+    assert 0.5 < w.share_of_misses <= 1.0 and 0 < w.misses <= w.arrivals
+    assert "of misses at 300-330 s" in w.describe()
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(run_table(s))
+    text = console.export_text()
+    assert "where the misses cluster" in text and w.describe() in text
+    calm = summarize(simulate(synthetic_trace(1.0, 120, prompt_tokens=100, output_tokens=50, poisson=False),
+                              policy_file(), sim_config()))
+    assert calm.slo_attainment == 1.0 and calm.worst_miss_window is None
