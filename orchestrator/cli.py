@@ -188,9 +188,12 @@ def drain_node_cmd(
         outcome = drain_node(GcsClient(address=gcs_address), gcs_address, node, deadline_s)
     finally:
         ray.shutdown()
-    left = "an unknown number" if outcome.replicas_left < 0 else outcome.replicas_left
-    console.print(f"node {outcome.node_id}: {outcome.replicas_at_start} Serve replica(s) at the start, "
-                  f"{left} left after {outcome.waited_s:.1f}s", markup=False, highlight=False, soft_wrap=True)
+    def n(count: int) -> str:
+        return "an unknown number of" if count < 0 else str(count)
+
+    console.print(f"node {outcome.node_id}: {n(outcome.replicas_at_start)} Serve replica(s) at the start, "
+                  f"{n(outcome.replicas_left)} left after {outcome.waited_s:.1f}s", markup=False, highlight=False,
+                  soft_wrap=True)
     if outcome.replicas_left:
         raise typer.Exit(1)
 

@@ -208,13 +208,12 @@ def run_table(s: RunSummary) -> Table:
          else f"${s.cost_per_1m_output_tokens_usd:,.2f}"),
         (f"SLO attainment (TTFT <= {s.slo_ttft_s:g} s and E2E <= {s.slo_e2e_s:g} s)",
          f"{s.slo_attainment:.2%} (TTFT {s.ttft_attainment:.2%}, E2E {s.e2e_attainment:.2%})"),
+        *([("where the misses cluster", s.worst_miss_window.describe())] if s.worst_miss_window else []),
         ("TTFT p50 / p95 / p99", " / ".join(_s(x) for x in (s.ttft.p50_s, s.ttft.p95_s, s.ttft.p99_s))),
         ("E2E p50 / p95 / p99", " / ".join(_s(x) for x in (s.e2e.p50_s, s.e2e.p95_s, s.e2e.p99_s))),
         ("429s / dropped", f"{s.rejected_429:,} / {s.dropped:,}"),
         ("scaling actions", str(s.scaling_actions)),
     ]
-    if s.worst_miss_window is not None:
-        rows.insert(5, ("where the misses cluster", s.worst_miss_window.describe()))
     for name, p in s.pools.items():
         rows.append((f"pool {name}", f"{p.replica_hours:.2f} replica-h ({p.ready_replica_hours:.2f} serving), "
                      f"${p.cost_usd:,.3f}, {p.served:,} served, max {p.max_replicas} replicas, "

@@ -66,6 +66,7 @@ def test_a_state_api_error_is_asked_again_and_never_delays_the_drain():
     always_down = drain_node(Gcs(), "gcs:6379", "n1", 5, clock=clock, sleep=clock.sleep,
                              count=counts(RuntimeError("state API down")))
     assert always_down.replicas_left == -1  # unknown: `elo drain-node` exits 1
+    assert always_down.replicas_at_start == -1
 
 
 def test_a_refused_drain_is_an_error():

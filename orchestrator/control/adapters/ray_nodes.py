@@ -14,14 +14,13 @@ log = logging.getLogger(__name__)
 SERVE_REPLICA_CLASS_PREFIX = "ServeReplica:"  # ActorState.class_name of every Serve replica: "ServeReplica:<app>:<dep>"
 
 
-def gcs_drain(gcs_client: Any, node_id: str, message: str, deadline_s: float | None = None,
-              wall_clock: Callable[[], float] = time.time) -> tuple[bool, str]:
+def gcs_drain(gcs_client: Any, node_id: str, message: str, deadline_s: float | None = None) -> tuple[bool, str]:
     """Ask Ray's GCS to drain ``node_id`` (the mechanism behind ``ray drain-node`` and the v2 autoscaler): its raylet
     grants no new leases, and Serve starts replacements elsewhere for the replicas on it, then stops these
     gracefully (before ``deadline_s`` from now, when given). Returns (accepted, rejection message)."""
     from ray.core.generated import autoscaler_pb2
 
-    deadline_ms = 0 if deadline_s is None else int((wall_clock() + deadline_s) * 1000)
+    deadline_ms = 0 if deadline_s is None else int((time.time() + deadline_s) * 1000)  # GCS: wall-clock ms
     return gcs_client.drain_node(node_id, autoscaler_pb2.DrainNodeReason.DRAIN_NODE_REASON_PREEMPTION, message,
                                  deadline_ms)
 
@@ -39,7 +38,7 @@ def serve_replicas_on(address: str, node_id: str) -> int:
 @dataclass(frozen=True)
 class DrainOutcome:
     node_id: str
-    replicas_at_start: int  # when the drain began
+    replicas_at_start: int  # when the drain began; -1: the state API never answered
     replicas_left: int  # 0: every replica moved off (its in-flight requests finished) before the deadline; -1: unknown
     waited_s: float
 
@@ -54,18 +53,17 @@ def drain_node(gcs_client: Any, address: str, node_id: str, deadline_s: float, *
     accepted, rejection = gcs_drain(gcs_client, node_id, "elo: the node's pod is being deleted", deadline_s)
     if not accepted:
         raise RuntimeError(f"Ray refused to drain node {node_id}: {rejection}")
-    first: int | None = None
-    left: int | None = None
+    first = left = -1  # -1 until the state API answers
     while True:
         try:
             left = count(address, node_id)
-            first = left if first is None else first
+            first = left if first < 0 else first
         except Exception as e:  # the state API raises plain exceptions while the cluster is busy: ask again
             log.warning("cannot list the replicas on node %s yet: %s", node_id, e)
         if left == 0 or clock() - start >= deadline_s:
             break
         sleep(min(every_s, deadline_s - (clock() - start)))  # a last look at the deadline itself
-    return DrainOutcome(node_id, first or 0, left if left is not None else -1, round(clock() - start, 2))
+    return DrainOutcome(node_id, first, left, round(clock() - start, 2))
 
 
 __all__ = ["SERVE_REPLICA_CLASS_PREFIX", "DrainOutcome", "drain_node", "gcs_drain", "serve_replicas_on"]

@@ -430,8 +430,9 @@ class CostAware:
         """A burst pool no longer needed keeps one replica for cloud_idle_to_zero_s: its cold start costs minutes.
         One never needed since the controller started (its replicas are the deployment's initial ones) is not kept
         warm: nothing says the burst it would be warm for comes. Once this controller run has watched the arrival
-        rate for rate_smoothing_s (``watched_s`` >= the level's time constant) without needing it, it goes without the downscale delay
-        (the third value): that delay guards against letting go of capacity just needed, and this never was."""
+        rate for rate_smoothing_s (``watched_s`` >= the level's time constant) without needing it, it goes without
+        the downscale delay (the third value): that delay guards against letting go of capacity just needed, and
+        this never was."""
         idle = needed == 0 and p.queued_requests == 0
         if not idle:
             mem.needed_pools = sorted({*mem.needed_pools, name})
