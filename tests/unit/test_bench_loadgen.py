@@ -175,7 +175,8 @@ def test_loadgen_counts_content_chunks_when_the_server_sends_no_usage(server: st
 def test_loadgen_records_timeouts_and_connection_errors_instead_of_raising(server: str) -> None:
     result = asyncio.run(run_load(_plan(1), _config(server, "slow", timeout_s=0.2)))
     (rec,) = result.records
-    assert rec.status == "timeout" and rec.end_s - rec.start_s < 0.9
+    # Cut before the server's first byte (it waits 1 s): no token arrived. (No bound on how long it took.)
+    assert rec.status == "timeout" and not rec.output_tokens
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
@@ -192,10 +193,9 @@ def test_loadgen_sends_scheduled_requests_at_their_arrival_times(server: str) ->
 
 
 def test_loadgen_deadline_cuts_in_flight_requests_and_sends_no_more(server: str) -> None:
-    started = time.perf_counter()
     result = asyncio.run(run_load(_plan(5, concurrency=1), _config(server, "slow", deadline_s=0.3, concurrency=1)))
-    assert time.perf_counter() - started < 0.9
-    assert [r.status for r in result.records] == ["deadline"]
+    # The one request in flight is cut before the server's first byte (it waits 1 s), and no other is sent.
+    assert [r.status for r in result.records] == ["deadline"] and not result.records[0].output_tokens
     assert result.deadline_hit and result.num_planned == 5
 
 
