@@ -39,6 +39,9 @@ class PoolAdmission(_Model):
     slo_max_prompt_tokens: int | None = Field(
         None, ge=0, description="Longest prompt the pool serves within the TTFT objective; null: any.")
     accepting: bool = Field(True, description="False: the pool is sized to zero or draining; it takes no new request.")
+    yields: bool = Field(
+        False, description="True: the pool shares cores with a faster pool its busy threads would slow by more than "
+        "it serves (the controller's machine model); it takes only what no other pool has room for, even queued.")
     capacity_rps_per_replica: float | None = Field(
         None, ge=0, description="Requests per second one replica serves at that concurrency (the controller's "
         "estimate, for status and dashboards).")
@@ -133,7 +136,7 @@ def admission_of(view: PoolView) -> PoolAdmission:
     """What a view admits, when no plan names the pool (or to report what is applied)."""
     return PoolAdmission(max_concurrency_per_replica=view.admit_per_replica if view.admit_per_replica is not None
                          else view.max_ongoing_per_replica, slo_max_prompt_tokens=view.slo_max_prompt_tokens,
-                         accepting=view.accepting)
+                         accepting=view.accepting, yields=view.yields)
 
 
 def router_stats(views: Mapping[str, PoolView], windows: Mapping[str, PoolWindow], now: float,
@@ -161,7 +164,7 @@ def router_stats(views: Mapping[str, PoolView], windows: Mapping[str, PoolWindow
 
 
 def with_plan(views: Mapping[str, PoolView], plan: RoutingPlan | None) -> dict[str, PoolView]:
-    """The views with the plan's admission applied (SLO-safe concurrency, prompt limit, accepting); a pool the
+    """The views with the plan's admission applied (SLO-safe concurrency, prompt limit, accepting, yields); a pool the
     plan does not name keeps its slots."""
     if plan is None:
         return dict(views)
@@ -170,7 +173,7 @@ def with_plan(views: Mapping[str, PoolView], plan: RoutingPlan | None) -> dict[s
         a = plan.pools.get(name)
         out[name] = v if a is None else replace(v, admit_per_replica=a.max_concurrency_per_replica,
                                                 slo_max_prompt_tokens=a.slo_max_prompt_tokens,
-                                                accepting=a.accepting)
+                                                accepting=a.accepting, yields=a.yields)
     return out
 
 

@@ -44,6 +44,7 @@ class PoolView:
     features: frozenset[str] | None = None  # API features its engine honours; None: every feature
     accepting: bool = True  # False: sized to zero or draining; takes nothing new but what waits for it to start
     probe_due: bool = False  # no request routed here for router.probe_every_s: the next one that fits measures it
+    yields: bool = False  # its busy cores would cost pools on the same cores more than it serves: last resort only
 
     @property
     def slots(self) -> int:
@@ -154,7 +155,10 @@ def route(req: RequestFeatures, pools: Mapping[str, PoolView], order: Sequence[s
        make the controller start one) — unless the request has waited ``max_wait_s`` already;
     5. else 429 when some eligible pool serves, 503 when none does; 400 when no pool may take it at all.
 
-    A pool not ``accepting`` (sized to zero, draining) takes no new request in 1-3.
+    A pool not ``accepting`` (sized to zero, draining) takes no new request in 1-3. A pool that ``yields`` (on
+    cores it shares with a faster pool, which its busy threads would slow by more than it serves: the controller's
+    machine model) goes through 1-3 only after every other ready pool has no room left, not even in its queue, and
+    gets no probe; unless no other ready pool serves the request within the SLO (its prompt is too long for them).
     """
     known = [pools[name] for name in order if name in pools]
     eligible = [p for p in known if p.accepts(req)]
@@ -162,18 +166,14 @@ def route(req: RequestFeatures, pools: Mapping[str, PoolView], order: Sequence[s
         return _ineligible(req, known)
     ready = [p for p in eligible if p.ready_replicas > 0 and p.accepting]
     for p in ready:
-        if p.probe_due and p.in_flight < p.admit_limit and p.within_slo(req):
+        if p.probe_due and not p.yields and p.in_flight < p.admit_limit and p.within_slo(req):
             return RouteDecision(Outcome.ROUTE, p.name, "probe: no request for a while, measuring its capacity")
-    for p in ready:
-        if p.in_flight < p.admit_limit and p.within_slo(req):
-            why = "first pool in the fill order" if p is eligible[0] else f"spilled from {eligible[0].name}"
-            return RouteDecision(Outcome.ROUTE, p.name, f"{why}: room within its SLO-safe concurrency")
-    for p in ready:
-        if p.in_flight < p.slots:
-            return RouteDecision(Outcome.ROUTE, p.name, "every pool at its SLO-safe concurrency: a free slot")
-    for p in ready:
-        if p.in_flight < p.queue_limit:
-            return RouteDecision(Outcome.ROUTE, p.name, "all slots busy; queued within the pool's limit")
+    first, last = [p for p in ready if not p.yields], [p for p in ready if p.yields]
+    if not any(p.within_slo(req) for p in first):  # e.g. a prompt too long for the others' TTFT: the SLO first
+        first, last = first + last, []
+    decision = _admit(req, first, eligible[0]) or _admit(req, last, eligible[0], last_resort=True)
+    if decision is not None:
+        return decision
     if waited_s < max_wait_s:
         # Capacity already on its way first, then pools scaled to zero (whose waiters make the controller start one).
         for p in sorted(eligible, key=lambda p: p.starting_replicas == 0):
@@ -189,6 +189,24 @@ def route(req: RequestFeatures, pools: Mapping[str, PoolView], order: Sequence[s
         waited + "every eligible pool is at its queue limit: "
         + ", ".join(f"{p.name} {p.in_flight}/{p.queue_limit}" for p in ready or eligible),
     )
+
+
+def _admit(req: RequestFeatures, ready: Sequence[PoolView], head: PoolView,
+           last_resort: bool = False) -> RouteDecision | None:
+    """Steps 1-3 of :func:`route` over ``ready`` (in fill order): SLO-safe room, then a free slot, then queue room."""
+    tag = "every other pool full, even its queue; " if last_resort else ""
+    for p in ready:
+        if p.in_flight < p.admit_limit and p.within_slo(req):
+            why = ("first pool in the fill order" if p is head else
+                   f"{head.name} yields its cores" if head.yields and not p.yields else f"spilled from {head.name}")
+            return RouteDecision(Outcome.ROUTE, p.name, f"{tag}{why}: room within its SLO-safe concurrency")
+    for p in ready:
+        if p.in_flight < p.slots:
+            return RouteDecision(Outcome.ROUTE, p.name, f"{tag}every pool at its SLO-safe concurrency: a free slot")
+    for p in ready:
+        if p.in_flight < p.queue_limit:
+            return RouteDecision(Outcome.ROUTE, p.name, f"{tag}all slots busy; queued within the pool's limit")
+    return None
 
 
 def _ineligible(req: RequestFeatures, pools: Sequence[PoolView]) -> RouteDecision:

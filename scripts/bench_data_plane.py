@@ -3,6 +3,9 @@ this project with both pools and the controller, one after the other, on the dem
 settings (enforce_eager, float32, max_model_len 1024, 1 GiB KV cache), streaming chat of exactly N output tokens
 (ignore_eos), at each concurrency. Prints a table and writes bench-results/data_plane.json.
 
+Each system gets a short warm-up first. For elo-both it is 8 requests per slot at c=32, so the controller has seen
+load beyond light before the levels: they measure the fleet it settles on, not its first reaction.
+
 Usage: .venv/bin/python scripts/bench_data_plane.py [--systems vllm,rayllm,elo-cloud,elo-both] [--concurrency 1,8,32,64]
 Ray Serve LLM needs pyarrow, which the script installs into the venv on first use (`pip install pyarrow`).
 """
@@ -155,7 +158,12 @@ def main() -> None:
             print(f"==> {system}", flush=True)
             proc, base = start(system, model, free_port(), work)
             try:
-                bench(base, model, 4, 8, args.prompt_tokens, f"{system}-warmup", work, per_slot=1)
+                if system == "elo-both":
+                    warm = bench(base, model, 32, args.output_tokens, args.prompt_tokens, f"{system}-warmup", work,
+                                 per_slot=8)
+                    print(f"warm-up: {warm['pool_counts']}", flush=True)
+                else:
+                    bench(base, model, 4, 8, args.prompt_tokens, f"{system}-warmup", work, per_slot=1)
                 for c in levels:
                     row = bench(base, model, c, args.output_tokens, args.prompt_tokens, system, work, args.per_slot)
                     rows.append(row)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from deployments.config import AppConfig, Eligibility, PoolConfig, RouterConfig
-from deployments.contract import PoolAdmission, RoutingPlan, fill_order, with_plan
+from deployments.contract import PoolAdmission, RoutingPlan, admission_of, fill_order, with_plan
 from deployments.routing import Outcome, PoolView, RequestFeatures, configured_order, route
 
 SMALL = RequestFeatures(prompt_tokens=20, max_tokens=32)
@@ -153,3 +153,36 @@ def test_config_rejects_unknown_engine_and_fields():
         PoolConfig(engine="tgi")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_ongoing"):
         PoolConfig(engine="vllm", max_ongoing="many")  # type: ignore[call-arg]
+
+
+def test_a_yielding_pool_takes_only_what_no_other_pool_has_room_for_even_queued():
+    # Edge is first in the fill order but yields its cores (the controller's machine model): cloud takes its SLO room,
+    # its free slots and its queue first; edge only then, and says so; 429 once both are full.
+    edge = dict(yields=True, admit=2)
+    d = route(SMALL, pools(view("edge", **edge), view("cloud", admit=2)), ORDER)
+    assert d.pool == "cloud" and d.reason.startswith("edge yields its cores: room within its SLO-safe")
+    d = route(SMALL, pools(view("edge", **edge), view("cloud", admit=2, in_flight=5)), ORDER)
+    assert d.pool == "cloud" and "queued" in d.reason, "cloud's queue before edge's free slots"
+    d = route(SMALL, pools(view("edge", **edge), view("cloud", in_flight=6)), ORDER)
+    assert d.pool == "edge" and d.reason.startswith("every other pool full, even its queue; first pool")
+    d = route(SMALL, pools(view("edge", in_flight=6, **edge), view("cloud", in_flight=6)), ORDER)
+    assert d.status == 429
+    # A prompt beyond the other pool's SLO prompt limit still goes where it meets the SLO, yielding or not.
+    long = RequestFeatures(prompt_tokens=900, max_tokens=32)
+    d = route(long, pools(view("edge", slo_max_prompt_tokens=500), view("cloud", yields=True)), ORDER)
+    assert d.pool == "cloud" and "SLO-safe" in d.reason
+
+
+def test_a_yielding_pool_gets_no_probe_but_serves_when_it_is_the_only_ready_one():
+    ps = pools(view("edge", yields=True, probe_due=True), view("cloud"))
+    assert route(SMALL, ps, ORDER).pool == "cloud"
+    d = route(SMALL, pools(view("edge", yields=True), view("cloud", ready=0, starting=1)), ORDER)
+    assert d.pool == "edge" and not d.reason.startswith("every other pool"), "nothing else is ready to yield to"
+
+
+def test_the_plans_yield_reaches_the_routers_view_and_its_report():
+    plan = RoutingPlan(fill_order=["edge", "cloud"], pools={"edge": PoolAdmission(max_concurrency_per_replica=2,
+                                                                                    yields=True)})
+    views = with_plan(pools(view("edge"), view("cloud")), plan)
+    assert views["edge"].yields and not views["cloud"].yields
+    assert admission_of(views["edge"]).yields

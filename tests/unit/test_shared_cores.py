@@ -153,3 +153,47 @@ def test_on_shared_cores_a_pool_at_zero_with_requests_waiting_only_for_it_still_
     result = simulate(trace, cost_aware(max_prompt_tokens=500), cfg)
     assert result.ready_spans["cloud"], "cloud started for the requests only it may serve"
     assert (result.pool[result.status == 200] == result.pool_names.index("cloud")).all()
+
+
+def test_on_shared_cores_the_edge_pool_yields_to_a_needed_cloud_pool_and_only_then():
+    from orchestrator.control.policies.base import PolicyState
+    from orchestrator.control.policies.cost_aware import CostAware
+    from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
+
+    policy = CostAware(cost_aware())
+    machine = SharedCores(2, {"cloud": 2, "edge": 2}, {"cloud": 1, "edge": 1}, name="local")
+
+    def plan(rps: float, cloud_ready: int = 1, shared: tuple = (machine,)):
+        snap = ClusterSnapshot.of(0, PoolSnapshot("edge", 1, ready_nodes=1, arrival_rate_rps=rps),
+                                  PoolSnapshot("cloud", cloud_ready, 1 - cloud_ready, ready_nodes=1), shared=shared)
+        return policy(snap, PolicyState(), 0)[0]
+
+    # 4 rps: beyond the edge replica's SLO capacity (~1.9 rps), so the demand spills to cloud. On 2 cores shared by
+    # both, the two busy replicas serve (1.9 + 7.6) / 2 rps, cloud alone 7.6: edge yields, and says so in numbers.
+    busy = plan(4.0)
+    assert busy.routing.pools["edge"].yields and not busy.routing.pools["cloud"].yields
+    assert "edge yields its cores to cloud (last resort only): 2 cores shared by 2 replicas (4 cores busy)" in busy.reason
+    assert "yields" in busy.details["pools"]["edge"]["machine"]
+    # Light load the edge pool carries: cloud is not needed, edge keeps its traffic (so cloud drains and goes).
+    assert not plan(0.5).routing.pools["edge"].yields
+    # Cloud still starting: nothing to yield to.
+    assert not plan(4.0, cloud_ready=0).routing.pools["edge"].yields
+    # Pools on independent hardware (KubeRay nodes) never yield.
+    assert not plan(4.0, shared=()).routing.pools["edge"].yields
+
+
+def test_in_the_simulator_a_yielding_edge_pool_leaves_the_shared_cores_to_cloud():
+    trace = synthetic_trace(4.0, 300, prompt_tokens=100, output_tokens=50, seed=7)
+
+    def edge_share(machines):
+        cfg = sim_config(cloud_profile=CLOUD_PROFILE, edge_profile=EDGE_PROFILE, cloud_initial=1, edge_initial=1,
+                         router={"fill_order": None}, machines=machines)
+        result = simulate(trace, cost_aware(max_replicas=1), cfg)
+        late = (result.workload.arrival_s > 60) & (result.status == 200)
+        return (result.pool[late] == result.pool_names.index("edge")).mean(), result
+
+    independent, _ = edge_share(None)
+    shared, result = edge_share(TWO_CORES)
+    assert independent > 0.15, f"on its own cores edge takes its SLO share, got {independent:.0%}"
+    assert shared < 0.05, f"on cores shared with a needed cloud pool edge yields, got {shared:.0%}"
+    assert (result.status == 200).mean() > 0.99

@@ -204,12 +204,14 @@ class CostAware:
         notes: list[str] = []
         details: dict[str, Any] = {}
         release_now: list[str] = []
+        spilled: dict[str, int] = {}  # pool -> replicas the demand forecast alone asks of it (before any headroom)
         for rank, name in enumerate(order):
             p, pc, f = pools[name], self.config.pools[name], figures[name]
             need_rps = ahead_rps = forecast(f.horizon_s)
             hold_s = k.peak_hold_s if rank == 0 else 0.0  # only the cheapest pool holds a peak
             peak_rps = mem.peak_rps(now - hold_s) if hold_s > 0 else 0.0
             want, offered_rps, overflow_rps = self._cascade(order, figures, pools, ahead_rps, f.horizon_s)[name]
+            spilled[name] = want
             note = (f"{name}: {f.capacity.describe()}; takes {offered_rps:.2f} of {ahead_rps:.2f} rps by "
                     f"+{f.horizon_s:.0f}s -> {want} replica{'s' if want != 1 else ''}"
                     + (f", passes on {overflow_rps:.2f} rps" if overflow_rps > 0.005 else ""))
@@ -277,13 +279,19 @@ class CostAware:
                     targets[name] = PoolTarget.for_replicas(kept, self.config.pools[name].replicas_per_node)
                     details[name]["replicas"] = kept
                 details[name]["machine"] = fields
+        yields: dict[str, str] = {}
+        for machine in snapshot.shared:
+            for name, why in self._yield_cores(machine, order, pools, figures, spilled).items():
+                yields[name] = why
+                notes[order.index(name)] += f"; {why}"
+                details[name].setdefault("machine", {})["yields"] = why
 
         routing = RoutingPlan(
             fill_order=order,
             pools={n: PoolAdmission(max_concurrency_per_replica=figures[n].capacity.concurrency,
                                     slo_max_prompt_tokens=figures[n].slo_max_prompt_tokens,
                                     capacity_rps_per_replica=round(figures[n].capacity.rps, 4),
-                                    basis=_basis(figures[n].capacity)) for n in order},
+                                    basis=_basis(figures[n].capacity), yields=n in yields) for n in order},
             reason="fill order by $/h per rps of SLO capacity: " + ", ".join(
                 f"{n} {_finite(figures[n].unit_cost)}" for n in order),
         )
@@ -392,6 +400,32 @@ class CostAware:
             "replicas_on_machine": sum(kept.values()), "speed": round(speed, 3),
             "capacity_rps": round(machine.capacity_rps(kept, rps), 4), "wanted_replicas": wants[n],
             "refused": why.get(n)}) for n in here}
+
+    @staticmethod
+    def _yield_cores(machine: SharedCores, order: list[str], pools: Mapping[str, PoolSnapshot],
+                     figures: Mapping[str, _Pool], spilled: Mapping[str, int]) -> dict[str, str]:
+        """Pools that yield their cores (the router sends them only what no other pool has room for): on cores
+        shared with a pool the demand spills to, whose ready replicas serve more requests/s at the SLO without
+        this pool's busy threads than with them. On the embedded default that is the CPU edge pool once vLLM is up
+        and needed: a transformers replica busy beside it costs vLLM more tokens than it makes. A pool sized only
+        for headroom (warm, peak, ski rental) takes nothing from another, so the cheap pool's traffic stays on it
+        while the demand fits there, and the burst pool drains and is let go.
+        Returns pool -> why, in numbers."""
+        here = [n for n in order if n in machine.pools and n in pools]
+        rps = {n: figures[n].capacity.rps for n in here}
+        serving = {n: pools[n].ready_replicas for n in here}
+        out: dict[str, str] = {}
+        for name in here:
+            faster = [n for n in here if n != name and n not in out and serving[n] > 0 and spilled.get(n, 0) > 0]
+            if not faster or serving[name] == 0:
+                continue
+            busy, alone = machine.capacity_rps(serving, rps), machine.capacity_rps({**serving, name: 0}, rps)
+            if alone > busy * (1.0 + 1e-9):
+                out[name] = (f"{name} yields its cores to {', '.join(faster)} (last resort only): "
+                             f"{machine.describe(serving)}, SLO capacity {busy:.2f} rps with {name} busy, "
+                             f"{alone:.2f} without")
+                serving[name] = 0
+        return out
 
     # --- learning and smoothing --------------------------------------------------------------------------------
 
