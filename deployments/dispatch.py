@@ -128,19 +128,24 @@ class Dispatcher:
 
     # --- a request ---------------------------------------------------------------------------------------------
 
-    def decide(self, features: RequestFeatures, waited_s: float = 0.0) -> tuple[RouteDecision, list[str]]:
+    def decide(self, features: RequestFeatures, waited_s: float = 0.0,
+               prefer: str | None = None) -> tuple[RouteDecision, list[str]]:
+        """The routing decision and the fill order it used; ``prefer`` goes first in that order."""
         order = fill_order(self.plan, self.config).for_class(features.slo_class)
+        if prefer in order:
+            order = [prefer] + [n for n in order if n != prefer]
         return route(features, self.views(), order, waited_s=waited_s,
                      max_wait_s=self.config.router.cold_start_wait_s), order
 
-    async def open(self, features: RequestFeatures, path: str, body: bytes) -> Opened:
+    async def open(self, features: RequestFeatures, path: str, body: bytes, prefer: str | None = None) -> Opened:
         """Route the request and send it; a replica that fails before answering (or answers 5xx) is retried
         once, on another pool when one can take the request, else on another replica. 4xx answers are the
-        client's (deterministic bad input): returned, never retried. The caller must :meth:`release` it."""
+        client's (deterministic bad input): returned, never retried. ``prefer`` puts a pool first in the fill
+        order (a stream's continuation: the same engine when it has room). The caller must :meth:`release` it."""
         failed: set[str] = set()
         last: Exception | None = None
         for attempt in (1, 2):
-            pool = await self._place(features, avoid=failed)
+            pool = await self._place(features, avoid=failed, prefer=prefer)
             replica = self._least_busy(pool)
             if replica is None:  # raced with a replica leaving: no retry budget spent
                 replica = self._least_busy(pool, any_state=True)
@@ -201,13 +206,13 @@ class Dispatcher:
         candidates = [r for r in candidates if r.failed_until != math.inf]
         return min(candidates, key=lambda r: r.in_flight, default=None)
 
-    async def _place(self, features: RequestFeatures, avoid: set[str]) -> str:
+    async def _place(self, features: RequestFeatures, avoid: set[str], prefer: str | None = None) -> str:
         """The pool the request goes to; while the routing policy says WAIT, hold it (up to
         ``cold_start_wait_s``) and ask again each time room may have appeared. A pool that just failed the
         request is tried last."""
         started = self.clock()
         while True:
-            decision, order = self.decide(features, waited_s=self.clock() - started)
+            decision, order = self.decide(features, waited_s=self.clock() - started, prefer=prefer)
             if avoid and decision.pool in avoid:
                 retry = self._other_pool(features, decision.pool, order)
                 if retry is not None:

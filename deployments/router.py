@@ -407,7 +407,7 @@ class Router:
                         await opened.upstream.aclose()
                         self.dispatch.failed(opened.pool, opened.replica, e)
                         released = True
-                        resumed = await self._resume(call, sent)
+                        resumed = await self._resume(call, sent, opened.pool)
                         if resumed is None:  # the generation had finished: only the end of the stream was lost
                             yield SSE_DONE
                             status = 200
@@ -462,7 +462,7 @@ class Router:
                 yield reshape.usage_event(call.usage)
             yield SSE_DONE
 
-    async def _resume(self, call: Call, sent: list[bytes]) -> tuple[Opened, Reshape | None] | None:
+    async def _resume(self, call: Call, sent: list[bytes], failed_pool: str) -> tuple[Opened, Reshape | None] | None:
         """Open the request that continues a failed stream: the original again when nothing was sent yet, else a
         completion of the prompt and the streamed text; None when the stream had already finished."""
         chat = call.path == "/v1/chat/completions"
@@ -480,7 +480,9 @@ class Router:
             path, body = "/v1/completions", json.dumps(data, separators=(",", ":")).encode()
             reshape = Reshape(streamed, chat, len(prompt), len(ids))
             features = replace(call.features, prompt_tokens=len(data["prompt"]), max_tokens=data["max_tokens"])
-        opened = await self.dispatch.open(features, path, body)
+        # The failed replica's pool first: another of its replicas continues on the same engine (greedy decoding
+        # then gives the uninterrupted run's tokens); without room there, the fill order as usual.
+        opened = await self.dispatch.open(features, path, body, prefer=failed_pool)
         if opened.upstream.status != 200:
             detail = b"".join([c async for c in opened.upstream.body()])[:300]
             await opened.upstream.aclose()

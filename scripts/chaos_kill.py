@@ -7,11 +7,12 @@ at --concurrency, and once --kill-after of its streams are mid-answer sends SIGK
 error event), cut (the connection closed mid-stream) or refused (429/503 before it started); a complete one is
 "identical" when its text is the reference's. Prints the counts and writes JSON.
 
-`--pool router` kills the router replica instead: the endpoint is down until Serve restarts it (it prints when
+`--replicas N` starts the pool with N replicas and kills one: the streams it carried continue on another of the
+pool's replicas (the same engine), when it has room. `--pool router` kills the router replica instead: the endpoint is down until Serve restarts it (it prints when
 /healthz answered again).
 
 Usage: .venv/bin/python scripts/chaos_kill.py --pool edge|cloud|router [--streams 96] [--concurrency 24] [--tokens 900]
-       [--out bench-results/chaos-kill-POOL.json]
+       [--replicas 1] [--out bench-results/chaos-kill-POOL.json]
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 from local_run import ROOT, elo_run
+
+from deployments.config import AppConfig
 
 HEADERS = {"x-slo-class": "chaos"}
 
@@ -89,7 +93,7 @@ async def drive(url: str, pool: str, streams: int, concurrency: int, tokens: int
 
         while started() < kill_after and not all(t.done() for t in tasks):
             await asyncio.sleep(0.005)
-        pids = replica_pids(pool)
+        pids = replica_pids(pool)[:1]  # one replica (the pool's only one unless --replicas)
         killed_at, in_flight = time.monotonic(), dict(mid)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -131,13 +135,17 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=24)
     ap.add_argument("--tokens", type=int, default=900)
     ap.add_argument("--kill-after", type=int, default=4, help="Streams of the pool mid-answer when it is killed")
+    ap.add_argument("--replicas", type=int, default=1, help="Replicas of the pool (one is killed)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or ROOT / "bench-results" / f"chaos-kill-{args.pool}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     config = out.with_suffix(".app.yaml")
     prefer = "edge" if args.pool == "router" else args.pool
-    config.write_text(f"router:\n  slo_class_preferences: {{chaos: {prefer}}}\n", encoding="utf-8")
+    app = AppConfig().model_dump(mode="json")
+    app["router"]["slo_class_preferences"] = {"chaos": prefer}
+    app["pools"][prefer]["replicas"] = args.replicas
+    config.write_text(yaml.safe_dump(app), encoding="utf-8")
     with elo_run(["--no-controller", "--config", str(config)], out.with_suffix(".log")) as (url, _):
         result = asyncio.run(drive(url, args.pool, args.streams, args.concurrency, args.tokens, args.kill_after))
         metrics = httpx.get(f"{url}/metrics", timeout=10).text

@@ -186,3 +186,16 @@ def test_a_replica_that_left_finishes_its_requests_and_takes_no_new_one():
     assert b.replica.url == "http://cloud-1" and "c0" in d.pools["cloud"].replicas
     d.release(a.pool, a.replica)
     assert "c0" not in d.pools["cloud"].replicas, "gone once its last request finished"
+
+
+def test_a_preferred_pool_goes_first_while_it_has_room_then_the_fill_order_holds():
+    # A stream's continuation prefers the failed replica's pool (edge here, second in the fill order): another of
+    # its replicas takes it; with no room left there (1 slot, no queue), the fill order's first pool does.
+    async def scenario():
+        d, _ = dispatcher(edge=1)
+        first = await d.open(FEATURES, "/v1/completions", b"{}", prefer="edge")
+        second = await d.open(FEATURES, "/v1/completions", b"{}", prefer="edge")
+        plain = await d.open(FEATURES, "/v1/completions", b"{}")
+        return first.pool, second.pool, plain.pool
+
+    assert asyncio.run(scenario()) == ("edge", "cloud", "cloud")
