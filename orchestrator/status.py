@@ -72,9 +72,10 @@ def pools_table(status: Status) -> Table:
     for name, p in status.router.pools.items():
         target = (status.targets or {}).get(name, {}).get("replicas")
         a = p.admission
+        basis = a.basis + ("; yields its cores" if a.yields else "")
         t.add_row(name, _fmt(p.ready_replicas), _fmt(p.starting_replicas), _fmt(target), _fmt(p.in_flight),
                   _fmt(p.queued), _fmt(p.slots), _fmt(a.max_concurrency_per_replica if a.accepting else 0),
-                  _fmt(a.capacity_rps_per_replica), a.basis + ("; yields its cores" if a.yields else ""), _fmt(p.arrival_rate_rps), _fmt(p.rejected_rate_rps),
+                  _fmt(a.capacity_rps_per_replica), basis, _fmt(p.arrival_rate_rps), _fmt(p.rejected_rate_rps),
                   _fmt(p.output_tokens_per_s), _fmt(p.ttft_p95_s, "s"), _fmt(p.e2e_p95_s, "s"))
     return t
 

@@ -123,6 +123,7 @@ def bench(base: str, model: str, c: int, output_tokens: int, prompt_tokens: int,
                    check=True, stdout=subprocess.DEVNULL, env=ENV, cwd=ROOT)
     s = json.loads(out.read_text())["summary"]
     return {"system": label, "concurrency": c, "requests": n, "ok": s["num_ok"], "errors": s["num_errors"],
+            "errors_by_status": s["errors_by_status"],
             "output_tokens_per_s": round(s["output_tokens_per_s"], 1),
             "ttft_p50_ms": round(s["ttft"]["p50_ms"], 1) if s["ttft"] else None,
             "ttft_p95_ms": round(s["ttft"]["p95_ms"], 1) if s["ttft"] else None,

@@ -405,11 +405,11 @@ class CostAware:
     def _yield_cores(machine: SharedCores, order: list[str], pools: Mapping[str, PoolSnapshot],
                      figures: Mapping[str, _Pool], spilled: Mapping[str, int]) -> dict[str, str]:
         """Pools that yield their cores (the router sends them only what no other pool has room for): on cores
-        shared with a pool the demand spills to, whose ready replicas serve more requests/s at the SLO without
-        this pool's busy threads than with them. On the embedded default that is the CPU edge pool once vLLM is up
-        and needed: a transformers replica busy beside it costs vLLM more tokens than it makes. A pool sized only
-        for headroom (warm, peak, ski rental) takes nothing from another, so the cheap pool's traffic stays on it
-        while the demand fits there, and the burst pool drains and is let go.
+        shared with another pool that is ready and that the demand forecast itself asks for, when the machine
+        serves more requests/s at the SLO without this pool's busy threads than with them. On the embedded default
+        that is the slower engine per busy core (with the demo model on a 2-vCPU VM, CPU vLLM: transformers serves
+        more there). A burst pool kept only as headroom (warm, peak, ski rental) is not one to yield to, so light
+        load stays on the cheap pool, and the burst pool drains and is let go.
         Returns pool -> why, in numbers."""
         here = [n for n in order if n in machine.pools and n in pools]
         rps = {n: figures[n].capacity.rps for n in here}
