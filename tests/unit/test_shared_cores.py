@@ -197,3 +197,23 @@ def test_in_the_simulator_a_yielding_edge_pool_leaves_the_shared_cores_to_cloud(
     assert independent > 0.15, f"on its own cores edge takes its SLO share, got {independent:.0%}"
     assert shared < 0.05, f"on cores shared with a needed cloud pool edge yields, got {shared:.0%}"
     assert (result.status == 200).mean() > 0.99
+
+
+def test_on_shared_cores_vllm_is_not_grown_for_edge_threads_that_will_stand_aside():
+    # Cloud starts from zero at 4 rps. With independent capacity both pools grow (edge to 3, cloud to 2 at once).
+    # On 2 shared cores the edge pool will yield once cloud is ready, so its threads are not counted against a
+    # second cloud replica: one cloud replica serves, at the speed of one alone on the cores.
+    trace = synthetic_trace(4.0, 600, prompt_tokens=100, output_tokens=50, seed=7)
+
+    def run_on(machines):
+        cfg = sim_config(cloud_profile=CLOUD_PROFILE, edge_profile=EDGE_PROFILE, cloud_initial=0, edge_initial=1,
+                         router={"fill_order": None}, machines=machines)
+        return simulate(trace, cost_aware(), cfg)
+
+    independent, shared = run_on(None), run_on(TWO_CORES)
+    assert len(independent.ready_spans["cloud"]) >= 2 and len(independent.ready_spans["edge"]) == 3
+    assert len(shared.ready_spans["cloud"]) == 1 and len(shared.ready_spans["edge"]) == 1
+    ok = shared.status == 200
+    late = (shared.workload.arrival_s > 120) & ok
+    assert (shared.pool[late] == shared.pool_names.index("cloud")).all()
+    assert np.median(shared.e2e_s[late]) < 1.2 * (0.05 + 0.02 * 50), "cloud alone on the cores: its profile speed"

@@ -270,21 +270,26 @@ class CostAware:
 
         wants = {n: t.replicas for n, t in targets.items()}
         refused: dict[str, str] = {}
+        yields: dict[str, str] = {}
         for machine in snapshot.shared:
-            for name, (kept, why, fields) in self._share_cores(machine, order, pools, figures, wants).items():
+            # Who yields now (ready replicas: the router's admission), and who will once the replicas starting or
+            # wanted are ready (the sizing: a yielding pool's replicas draw no cores, so one more adds nothing).
+            here = self._yield_cores(machine, order, figures, spilled, {n: p.ready_replicas for n, p in pools.items()})
+            soon = self._yield_cores(machine, order, figures, wants,
+                                     {n: max(p.replicas, wants.get(n, 0)) for n, p in pools.items()})
+            yields.update(here)
+            for name, (kept, why, fields) in self._share_cores(machine, order, pools, figures, wants,
+                                                               frozenset(here), frozenset(soon)).items():
                 i = order.index(name)
                 if kept < wants[name]:
                     notes[i] += f"; {why}"
                     refused[name] = why
                     targets[name] = PoolTarget.for_replicas(kept, self.config.pools[name].replicas_per_node)
                     details[name]["replicas"] = kept
+                if name in here:
+                    notes[i] += f"; {here[name]}"
+                    fields["yields"] = here[name]
                 details[name]["machine"] = fields
-        yields: dict[str, str] = {}
-        for machine in snapshot.shared:
-            for name, why in self._yield_cores(machine, order, pools, figures, spilled).items():
-                yields[name] = why
-                notes[order.index(name)] += f"; {why}"
-                details[name].setdefault("machine", {})["yields"] = why
 
         routing = RoutingPlan(
             fill_order=order,
@@ -374,23 +379,31 @@ class CostAware:
         return out
 
     def _share_cores(self, machine: SharedCores, order: list[str], pools: Mapping[str, PoolSnapshot],
-                     figures: Mapping[str, _Pool], wants: Mapping[str, int]) -> dict[str, tuple[int, str, dict]]:
+                     figures: Mapping[str, _Pool], wants: Mapping[str, int], idle_now: frozenset[str] = frozenset(),
+                     idle_soon: frozenset[str] = frozenset()) -> dict[str, tuple[int, str, dict]]:
         """Scale-outs on shared cores, cheapest pool first, one replica at a time, only while each adds at least
         ``shared_min_gain`` to the machine's SLO capacity (shrinking pools free their cores first). A pool at zero
-        with requests waiting for it still gets its first replica: no request is left without one.
+        with requests waiting for it still gets its first replica: no request is left without one. Pools that
+        yield their cores count as drawing none: those yielding now, and for another pool's growth also those that
+        will once it is ready (so vLLM is not grown for the edge pool's threads, which will stand aside; while vLLM
+        starts, the edge pool still grows to bridge it).
         Returns pool -> (replicas kept, why the rest was refused, figures for the decision)."""
         here = [n for n in order if n in machine.pools and n in pools]
         rps = {n: figures[n].capacity.rps for n in here}
         kept = {n: min(pools[n].replicas, wants[n]) for n in here}
         why: dict[str, str] = {}
         for name in here:
+            idle = idle_now | (idle_soon - {name})
             while kept[name] < wants[name]:
                 trial = {**kept, name: kept[name] + 1}
-                before, after = machine.capacity_rps(kept, rps), machine.capacity_rps(trial, rps)
+                before, after = (machine.capacity_rps({n: 0 if n in idle else c for n, c in k.items()}, rps)
+                                 for k in (kept, trial))
                 waiting = kept[name] == 0 and pools[name].queued_requests > 0
-                if not waiting and after < before * (1.0 + self.knobs.shared_min_gain) - 1e-12:
+                if not waiting and (after <= before + 1e-12
+                                    or after < before * (1.0 + self.knobs.shared_min_gain) - 1e-12):
                     why[name] = (f"{name} {kept[name]}->{kept[name] + 1} would add "
                                  + ("no capacity" if after <= before + 1e-12 else f"only {after / before - 1:.0%}")
+                                 + (" (it yields its cores)" if name in idle else "")
                                  + f": {machine.describe(trial)}, SLO capacity {before:.2f} -> {after:.2f} rps")
                     break
                 kept[name] += 1
@@ -402,21 +415,22 @@ class CostAware:
             "refused": why.get(n)}) for n in here}
 
     @staticmethod
-    def _yield_cores(machine: SharedCores, order: list[str], pools: Mapping[str, PoolSnapshot],
-                     figures: Mapping[str, _Pool], spilled: Mapping[str, int]) -> dict[str, str]:
+    def _yield_cores(machine: SharedCores, order: list[str], figures: Mapping[str, _Pool],
+                     needed: Mapping[str, int], replicas: Mapping[str, int]) -> dict[str, str]:
         """Pools that yield their cores (the router sends them only what no other pool has room for): on cores
-        shared with another pool that is ready and that the demand forecast itself asks for, when the machine
+        shared with another pool that has ``replicas`` and is ``needed`` (the router's admission: by the demand
+        forecast itself; the sizing: by any reason it is wanted), when the machine
         serves more requests/s at the SLO without this pool's busy threads than with them. On the embedded default
         that is the slower engine per busy core (with the demo model on a 2-vCPU VM, CPU vLLM: transformers serves
         more there). A burst pool kept only as headroom (warm, peak, ski rental) is not one to yield to, so light
         load stays on the cheap pool, and the burst pool drains and is let go.
         Returns pool -> why, in numbers."""
-        here = [n for n in order if n in machine.pools and n in pools]
+        here = [n for n in order if n in machine.pools and n in replicas]
         rps = {n: figures[n].capacity.rps for n in here}
-        serving = {n: pools[n].ready_replicas for n in here}
+        serving = {n: replicas[n] for n in here}
         out: dict[str, str] = {}
         for name in here:
-            faster = [n for n in here if n != name and n not in out and serving[n] > 0 and spilled.get(n, 0) > 0]
+            faster = [n for n in here if n != name and n not in out and serving[n] > 0 and needed.get(n, 0) > 0]
             if not faster or serving[name] == 0:
                 continue
             busy, alone = machine.capacity_rps(serving, rps), machine.capacity_rps({**serving, name: 0}, rps)
