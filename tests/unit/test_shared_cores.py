@@ -1,5 +1,6 @@
 """Pools that share one machine's cores (the embedded default): the model, the simulator that serves and starts
-replicas on it, and cost_aware, which adds no replica there that would add no capacity."""
+replicas on it, and cost_aware, which adds no replica there that would add no capacity and has the pool whose busy
+threads cost the others more than it serves yield its cores."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pydantic import ValidationError
 from deployments.config import AppConfig
 from orchestrator.control.machine import SharedCores
 from orchestrator.control.plan import PoolTarget, ScalePlan
+from orchestrator.control.policies.base import PolicyState
+from orchestrator.control.policies.cost_aware import CostAware
+from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
 from orchestrator.elastic import local_machine
 from orchestrator.sim.engine import simulate, synthetic_trace
 from tests.unit.sim_support import policy_file, profile, sim_config
@@ -156,10 +160,6 @@ def test_on_shared_cores_a_pool_at_zero_with_requests_waiting_only_for_it_still_
 
 
 def test_on_shared_cores_the_edge_pool_yields_to_a_needed_cloud_pool_and_only_then():
-    from orchestrator.control.policies.base import PolicyState
-    from orchestrator.control.policies.cost_aware import CostAware
-    from orchestrator.control.snapshot import ClusterSnapshot, PoolSnapshot
-
     policy = CostAware(cost_aware())
     machine = SharedCores(2, {"cloud": 2, "edge": 2}, {"cloud": 1, "edge": 1}, name="local")
 

@@ -271,11 +271,12 @@ class CostAware:
         wants = {n: t.replicas for n, t in targets.items()}
         refused: dict[str, str] = {}
         yields: dict[str, str] = {}
+        rps = {n: f.capacity.rps for n, f in figures.items()}
         for machine in snapshot.shared:
             # Who yields now (ready replicas: the router's admission), and who will once the replicas starting or
             # wanted are ready (the sizing: a yielding pool's replicas draw no cores, so one more adds nothing).
-            here = self._yield_cores(machine, order, figures, spilled, {n: p.ready_replicas for n, p in pools.items()})
-            soon = self._yield_cores(machine, order, figures, wants,
+            here = self._yield_cores(machine, order, rps, spilled, {n: p.ready_replicas for n, p in pools.items()})
+            soon = self._yield_cores(machine, order, rps, wants,
                                      {n: max(p.replicas, wants.get(n, 0)) for n, p in pools.items()})
             yields.update(here)
             for name, (kept, why, fields) in self._share_cores(machine, order, pools, figures, wants,
@@ -415,18 +416,16 @@ class CostAware:
             "refused": why.get(n)}) for n in here}
 
     @staticmethod
-    def _yield_cores(machine: SharedCores, order: list[str], figures: Mapping[str, _Pool],
-                     needed: Mapping[str, int], replicas: Mapping[str, int]) -> dict[str, str]:
+    def _yield_cores(machine: SharedCores, order: list[str], rps: Mapping[str, float], needed: Mapping[str, int],
+                     replicas: Mapping[str, int]) -> dict[str, str]:
         """Pools that yield their cores (the router sends them only what no other pool has room for): on cores
-        shared with another pool that has ``replicas`` and is ``needed`` (the router's admission: by the demand
-        forecast itself; the sizing: by any reason it is wanted), when the machine
-        serves more requests/s at the SLO without this pool's busy threads than with them. On the embedded default
-        that is the slower engine per busy core (with the demo model on a 2-vCPU VM, CPU vLLM: transformers serves
-        more there). A burst pool kept only as headroom (warm, peak, ski rental) is not one to yield to, so light
-        load stays on the cheap pool, and the burst pool drains and is let go.
-        Returns pool -> why, in numbers."""
+        shared with another pool that has ``replicas`` and is ``needed`` (for the router's admission: by the demand
+        forecast itself; for the sizing: for any reason), when the machine serves more requests/s at the SLO
+        (``rps`` per replica alone) without this pool's busy threads than with them. On the embedded default that
+        is the slower engine per busy core (with the demo model on a 2-vCPU VM, CPU vLLM: transformers serves more
+        there). A burst pool kept only as headroom (warm, peak, ski rental) is not one to yield to, so light load
+        stays on the cheap pool, and the burst pool drains and is let go. Returns pool -> why, in numbers."""
         here = [n for n in order if n in machine.pools and n in replicas]
-        rps = {n: figures[n].capacity.rps for n in here}
         serving = {n: replicas[n] for n in here}
         out: dict[str, str] = {}
         for name in here:
